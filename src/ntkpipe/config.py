@@ -1,0 +1,131 @@
+"""The configuration: its schema (with defaults), validation, and errors that name the key.
+
+Import-light (no torch): the Snakefile validates the config with it at parse time.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from importlib import resources
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import jsonschema
+import yaml
+
+# Classes of each dataset with a fixed number (imagefolder's come from its class list).
+NUM_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "cifar100": 100}
+
+
+class ConfigError(ValueError):
+    """The config is invalid; the message names the key and what is allowed."""
+
+
+def schema() -> dict[str, Any]:
+    """The JSON schema of the config, defaults included."""
+    text = resources.files("ntkpipe").joinpath("schemas/config.schema.yaml").read_text()
+    return yaml.safe_load(text)
+
+
+def _key(path: Any) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out or "(top level)"
+
+
+def _fill_defaults(node: dict[str, Any], node_schema: dict[str, Any], root: dict) -> None:
+    """Insert schema defaults for missing keys, recursively through objects."""
+    if "$ref" in node_schema:
+        node_schema = root["definitions"][node_schema["$ref"].rsplit("/", 1)[-1]]
+    for name, sub in node_schema.get("properties", {}).items():
+        if name not in node and "default" in sub:
+            node[name] = copy.deepcopy(sub["default"])
+        if isinstance(node.get(name), dict):
+            _fill_defaults(node[name], sub, root)
+
+
+def _message(error: jsonschema.ValidationError) -> str:
+    key = _key(error.absolute_path)
+    if error.validator == "additionalProperties":
+        allowed = sorted(error.schema.get("properties", {}))
+        unknown = sorted(set(error.instance) - set(allowed))
+        where = f"under '{key}'" if error.absolute_path else "at the top level"
+        return (f"unknown key {', '.join(repr(u) for u in unknown)} {where}; "
+                f"allowed: {', '.join(allowed)}")
+    if error.validator == "enum":
+        return f"'{key}' is {error.instance!r}; allowed: {', '.join(map(str, error.validator_value))}"
+    if error.validator in ("oneOf", "anyOf"):
+        return f"'{key}' is {error.instance!r}, which is not allowed here ({error.schema.get('description', 'see config.schema.yaml')})"
+    return f"'{key}': {error.message}"
+
+
+def validate(config: dict[str, Any]) -> dict[str, Any]:
+    """A validated copy of `config` with every default filled in; raises ConfigError."""
+    if not isinstance(config, dict):
+        raise ConfigError(f"the config must be a mapping, got {type(config).__name__}")
+    full = copy.deepcopy(config)
+    sch = schema()
+    _fill_defaults(full, sch, sch)
+    validator = jsonschema.Draft202012Validator(sch)
+    errors = sorted(validator.iter_errors(full), key=lambda e: (len(e.absolute_path), e.path))
+    if errors:
+        raise ConfigError(_message(jsonschema.exceptions.best_match(errors)))
+    _check_semantics(full)
+    return full
+
+
+def _check_semantics(config: dict[str, Any]) -> None:
+    results = PurePosixPath(config["results"])
+    if ".." in results.parts or not results.parts:
+        raise ConfigError(f"'results' is {config['results']!r}: it must name a directory "
+                          "without '..' components")
+    sweeps = config["sweeps"]
+    if not sweeps:
+        raise ConfigError("'sweeps' is empty: define at least one sweep")
+    for name in config["experiments"] or []:
+        if name not in sweeps:
+            raise ConfigError(f"'experiments' names {name!r}, which is not a sweep; "
+                              f"defined sweeps: {', '.join(sorted(sweeps))}")
+    for name in sweeps:
+        _check_sweep(name, config)
+
+
+def _check_sweep(name: str, config: dict[str, Any]) -> None:
+    from ntkpipe.sweep import sweep_points  # local: sweep imports this module
+
+    for point in sweep_points(config, name):
+        key = f"sweeps.{name}"
+        c, k, n = point["classes_per_task"], point["shared_classes"], point["n_tasks"]
+        if k > c:
+            raise ConfigError(f"'{key}.shared_classes' is {k}, larger than the task "
+                              f"({c} classes per task); allowed: 0..{c}")
+        total = NUM_CLASSES.get(point["dataset"])
+        needed = c + (c - k) * (n - 1)
+        if total is not None and needed > total:
+            raise ConfigError(
+                f"'{key}': {n} tasks of {c} classes sharing {k} need {needed} classes, but "
+                f"{point['dataset']} has {total}; lower n_tasks or classes_per_task, or raise "
+                "shared_classes")
+        if point["arch"] == "cnn-relu" and point["dataset"] == "digits":
+            raise ConfigError(f"'{key}.arch': cnn-relu pools twice and needs images of at "
+                              "least 16×16; digits are 8×8 (use mlp or cnn)")
+
+
+def load(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Read a YAML config, apply `overrides` (top-level keys), validate and fill defaults."""
+    path = Path(path)
+    try:
+        config = yaml.safe_load(path.read_text()) or {}
+    except FileNotFoundError:
+        raise ConfigError(f"config file {path} does not exist") from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+    config.update(overrides or {})
+    return validate(config)
+
+
+def to_json(value: Any) -> str:
+    """Canonical JSON (sorted keys), the form configs take in provenance attributes."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)

@@ -1,0 +1,186 @@
+"""Figures from the sweep summary (`summary/metrics.nc`)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ntkpipe.sweep import SWEEP_KEYS
+
+METRICS = {"spectral_norm": "spectral norm ‖Θ‖₂", "kernel_distance": "distance from init S(Θ₀, Θₜ)",
+           "kernel_velocity": "velocity S(Θₜ, Θₜ₊dt)/dt", "kernel_alignment": "alignment CKA(Θ, YYᵀ)"}
+REGIME_NAMES = {"lazy": "lazy (NTK param., η ∝ 1/width)", "feature": "feature learning (standard param.)"}
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _has_data(da: Any) -> bool:
+    return bool(np.isfinite(da.values).any())
+
+
+def select(ds: Any, keep: tuple[str, ...], **fixed: Any) -> Any:
+    """Fix every sweep dimension not in `keep`: to `fixed` values when given, otherwise to the
+    value with the most data (a sweep varies few parameters; the rest sit at one value)."""
+    ds = ds.sel({k: v for k, v in fixed.items() if k in ds.dims})
+    for dim in SWEEP_KEYS:
+        if dim in keep or dim not in ds.dims or dim in fixed:
+            continue
+        counts = [int(np.isfinite(ds["spectral_norm"].sel({dim: v}).values).sum())
+                  for v in ds[dim].values]
+        ds = ds.sel({dim: ds[dim].values[int(np.argmax(counts))]})
+    return ds
+
+
+def relative_curves(ds: Any, variable: str, probe: int = 1) -> tuple[np.ndarray, np.ndarray]:
+    """(x, y) per seed of `variable` against steps since the first boundary, on the union of
+    their step grids (NaN where a seed has no snapshot)."""
+    series = []
+    for seed in ds["seed"].values:
+        one = ds.sel(seed=seed)
+        da = one[variable].sel(probe=probe) if "probe" in one[variable].dims else one[variable]
+        ok = np.isfinite(da.values)
+        if not ok.any():
+            continue
+        boundary = float(one["boundary_step"].sel(boundary=1)) if "boundary" in one.dims else 0.0
+        series.append((one["step"].values[ok] - boundary, da.values[ok]))
+    if not series:
+        return np.array([]), np.empty((0, 0))
+    grid = np.unique(np.concatenate([s[0] for s in series]))
+    table = np.full((len(series), len(grid)), np.nan)
+    for i, (x, y) in enumerate(series):
+        table[i, np.searchsorted(grid, x)] = y
+    return grid, table
+
+
+def _band(ax: Any, x: np.ndarray, table: np.ndarray, label: str, color: Any) -> None:
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean, low, high = (np.nanmean(table, 0), np.nanmin(table, 0), np.nanmax(table, 0))
+    ok = np.isfinite(mean)
+    ax.plot(x[ok], mean[ok], color=color, label=label, lw=1.4)
+    if len(table) > 1:
+        ax.fill_between(x[ok], low[ok], high[ok], color=color, alpha=0.2, lw=0)
+
+
+def _boundary_axis(ax: Any) -> None:
+    ax.set_xscale("symlog", linthresh=10)
+    ax.axvline(0, color="k", ls="--", lw=0.8)
+    ax.set_xlabel("steps since task boundary")
+
+
+def metrics_by_width(ds: Any, path: str | Path) -> None:
+    """The four metrics around the boundary: one row per regime, one line per width."""
+    plt = _pyplot()
+    ds = select(ds, ("regime", "width", "seed"), shift="conceptual", shared_classes=0,
+                n_tasks=2)
+    regimes = [r for r in ds["regime"].values if _has_data(ds["spectral_norm"].sel(regime=r))]
+    fig, axes = plt.subplots(len(regimes), 4, figsize=(16, 3.4 * len(regimes)), squeeze=False)
+    colors = plt.cm.viridis(np.linspace(0, 0.9, ds.sizes["width"]))
+    for row, regime in zip(axes, regimes):
+        for (name, title), ax in zip(METRICS.items(), row):
+            for width, color in zip(ds["width"].values, colors):
+                x, table = relative_curves(ds.sel(regime=regime, width=width), name)
+                if len(x):
+                    _band(ax, x, table, f"width {width}", color)
+            _boundary_axis(ax)
+            ax.set_title(f"{title}\n{REGIME_NAMES.get(str(regime), regime)}", fontsize=9)
+            if name == "kernel_velocity":
+                ax.set_yscale("log")
+        row[0].legend(fontsize=8)
+    fig.suptitle("NTK on task-1 probe data across a class-incremental task shift "
+                 "(mean and min–max over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def accuracy_by_task(ds: Any, path: str | Path) -> None:
+    """Held-out accuracy on each task over time, one panel per regime and width."""
+    plt = _pyplot()
+    ds = select(ds, ("regime", "width", "seed"), shift="conceptual", shared_classes=0,
+                n_tasks=2)
+    regimes = [r for r in ds["regime"].values if _has_data(ds["test_accuracy"].sel(regime=r))]
+    widths = ds["width"].values
+    fig, axes = plt.subplots(len(regimes), len(widths), figsize=(4 * len(widths), 3.2 * len(regimes)),
+                             squeeze=False, sharey=True)
+    for row, regime in zip(axes, regimes):
+        for ax, width in zip(row, widths):
+            one = ds.sel(regime=regime, width=width)
+            for task in one["task"].values:
+                x, table = relative_curves(one.sel(task=task), "test_accuracy")
+                if len(x):
+                    _band(ax, x, table, f"task {task}", f"C{int(task) - 1}")
+            _boundary_axis(ax)
+            ax.set_title(f"{regime}, width {width}", fontsize=9)
+            ax.set_ylim(0, 1.02)
+        row[0].set_ylabel("held-out accuracy")
+        row[0].legend(fontsize=8)
+    fig.suptitle("Accuracy per task: task 1 is forgotten as task 2 is learnt")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def similarity_sweep(ds: Any, path: str | Path) -> None:
+    """Reactivation measures at the boundary against task similarity, per regime."""
+    plt = _pyplot()
+    ds = select(ds, ("regime", "shared_classes", "seed", "classes_per_task"),
+                shift="conceptual", n_tasks=2)
+    ds = select(ds, ("regime", "shared_classes", "seed"))
+    measures = {"velocity_spike": "velocity spike (peak / pre-boundary median)",
+                "norm_dip": "norm dip depth", "alignment_deflection": "alignment deflection",
+                "distance_jump": "distance jump"}
+    fig, axes = plt.subplots(1, len(measures), figsize=(4.2 * len(measures), 3.4))
+    similarity = ds["similarity"].values
+    for ax, (name, title) in zip(axes, measures.items()):
+        for i, regime in enumerate(ds["regime"].values):
+            values = ds[name].sel(regime=regime, probe=1, boundary=1).transpose(
+                "shared_classes", "seed").values
+            if not np.isfinite(values).any():
+                continue
+            import warnings
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", RuntimeWarning)
+                mean, std = np.nanmean(values, 1), np.nanstd(values, 1)
+            ok = np.isfinite(mean)
+            ax.errorbar(similarity[ok], mean[ok], yerr=std[ok], marker="o", capsize=3,
+                        label=str(regime), color=f"C{i}")
+        ax.set_xlabel("similarity |C₁∩C₂| / |C₁∪C₂|")
+        ax.set_title(title, fontsize=9)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Reactivation shrinks as task 2 shares more classes with task 1 "
+                 "(mean ± sd over seeds)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+FIGURES = {"metrics_by_width": metrics_by_width, "accuracy_by_task": accuracy_by_task,
+           "similarity_sweep": similarity_sweep}
+
+
+def draw_all(summary_path: str | Path, outputs: list[str | Path]) -> None:
+    """Draw each requested figure (its file name names it) atomically from the summary."""
+    from ntkpipe import store
+
+    ds = store.open_netcdf(summary_path)
+    for out in outputs:
+        name = Path(out).stem
+        if name not in FIGURES:
+            raise ValueError(f"unknown figure {name!r}; known: {', '.join(FIGURES)}")
+        with store.atomic_path(out) as tmp:
+            FIGURES[name](ds, tmp.with_suffix(".png"))
+            tmp.with_suffix(".png").replace(tmp)

@@ -1,0 +1,151 @@
+"""Pure functions on kernels: spectral norm, CKA, kernel distance, velocity, alignment, and the
+reactivation measures around a task boundary.
+
+Kernels are (N, N) Gram matrices, or stacks (S, N, N) for the batched forms; numpy arrays and
+torch tensors are both accepted and computed in float64.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+
+def as_array(k: Any) -> np.ndarray:
+    """A float64 numpy copy of an array or tensor."""
+    if hasattr(k, "detach"):
+        k = k.detach().cpu().numpy()
+    return np.asarray(k, dtype=np.float64)
+
+
+def full_to_matrix(k: Any) -> np.ndarray:
+    """The (N·O, N·O) matrix of a full (N, N, O, O) kernel, rows ordered (sample, output)."""
+    k = as_array(k)
+    n, m, o, p = k.shape
+    return k.transpose(0, 2, 1, 3).reshape(n * o, m * p)
+
+
+def center(k: Any) -> np.ndarray:
+    """H K H with H = I − 11ᵀ/N; works on (N, N) and on stacks (..., N, N)."""
+    k = as_array(k)
+    k = k - k.mean(axis=-1, keepdims=True)
+    return k - k.mean(axis=-2, keepdims=True)
+
+
+def spectral_norm(k: Any) -> float:
+    """λ_max of a symmetric PSD kernel, ‖K‖₂."""
+    k = as_array(k)
+    return float(np.linalg.eigvalsh((k + k.T) / 2)[-1])
+
+
+def cka(k: Any, l: Any, centered: bool = True) -> float:
+    """Linear CKA ⟨HKH, HLH⟩_F / (‖HKH‖_F ‖HLH‖_F) (Kornblith et al. 2019, eq. 4); with
+    centered=False the uncentered cosine of Fort et al. 2020."""
+    k, l = (center(k), center(l)) if centered else (as_array(k), as_array(l))
+    denom = np.linalg.norm(k) * np.linalg.norm(l)
+    return float(np.sum(k * l) / denom) if denom > 0 else float("nan")
+
+
+def kernel_distance(k: Any, l: Any, centered: bool = True) -> float:
+    """S(K, L) = 1 − CKA(K, L) (Fort et al. 2020, eq. 3, centered by default)."""
+    return 1.0 - cka(k, l, centered)
+
+
+def label_kernel(labels: Any, num_outputs: int | None = None) -> np.ndarray:
+    """YYᵀ of one-hot labels (labels given as class indices or already one-hot)."""
+    y = as_array(labels)
+    if y.ndim == 1:
+        y = np.eye(num_outputs or int(y.max()) + 1)[y.astype(int)]
+    return y @ y.T
+
+
+def kernel_alignment(k: Any, y: Any, centered: bool = True) -> float:
+    """A = CKA(K, YYᵀ) with one-hot Y (labels as indices or one-hot rows)."""
+    return cka(k, label_kernel(y), centered)
+
+
+def target_alignment(k: Any, y: Any) -> float:
+    """yᵀKy / (‖K‖_F ‖y‖²), summed over output columns of y (Shan & Bordelon 2021, eq. 5)."""
+    k, y = as_array(k), as_array(y)
+    y = y[:, None] if y.ndim == 1 else y
+    return float(np.trace(y.T @ k @ y) / (np.linalg.norm(k) * np.sum(y * y)))
+
+
+# ---- batched over snapshots -------------------------------------------------------------
+
+def _unit_stack(kernels: Any, centered: bool) -> np.ndarray:
+    ks = center(kernels) if centered else as_array(kernels)
+    norms = np.linalg.norm(ks.reshape(len(ks), -1), axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return ks / norms[:, None, None]
+
+
+def spectral_norms(kernels: Any) -> np.ndarray:
+    """λ_max of each kernel of a stack (S, N, N)."""
+    ks = as_array(kernels)
+    ks = (ks + ks.transpose(0, 2, 1)) / 2
+    out = np.full(len(ks), np.nan)
+    finite = np.isfinite(ks).all(axis=(1, 2))
+    if finite.any():
+        out[finite] = np.linalg.eigvalsh(ks[finite])[:, -1]
+    return out
+
+
+def distances_to(kernels: Any, reference: Any, centered: bool = True) -> np.ndarray:
+    """S(K_ref, K_t) for every kernel of a stack."""
+    units = _unit_stack(kernels, centered)
+    ref = _unit_stack(as_array(reference)[None], centered)[0]
+    return 1.0 - np.einsum("sij,ij->s", units, ref)
+
+
+def kernel_velocity(kernels: Any, steps: Any, centered: bool = True) -> np.ndarray:
+    """v(t) = S(Θ_t, Θ_{t+dt}) / dt between consecutive snapshots, at the earlier one; the last
+    entry is NaN (Reactivation study §1)."""
+    steps = as_array(steps)
+    units = _unit_stack(kernels, centered)
+    out = np.full(len(units), np.nan)
+    if len(units) > 1:
+        sims = np.einsum("sij,sij->s", units[:-1], units[1:])
+        out[:-1] = (1.0 - sims) / np.diff(steps)
+    return out
+
+
+def alignments(kernels: Any, y: Any, centered: bool = True) -> np.ndarray:
+    """CKA(Θ_t, YYᵀ) for every kernel of a stack."""
+    return 1.0 - distances_to(kernels, label_kernel(y), centered)
+
+
+# ---- reactivation measures ----------------------------------------------------------------
+
+def reactivation_measures(steps: Any, boundary: int, *, velocity: Any, norm: Any,
+                          alignment: Any, distance: Any, window: int = 10,
+                          tolerance: float = 0.05) -> dict[str, float]:
+    """Size of the reactivation at one task boundary (measures defined by ntkpipe, since the
+    study publishes none): velocity spike = max velocity in the `window` snapshots from the
+    boundary over the median velocity of the `window` snapshots before it; norm dip = 1 − min
+    norm after / norm at the boundary; recovery = steps until the norm is back within
+    `tolerance` (relative) of its boundary value (NaN if never); alignment deflection = largest
+    |A_t − A_boundary| after; distance jump = S(Θ_0, ·) change over the window after."""
+    steps, velocity, norm = as_array(steps), as_array(velocity), as_array(norm)
+    alignment, distance = as_array(alignment), as_array(distance)
+    b = int(np.searchsorted(steps, boundary))
+    if b >= len(steps) or steps[b] != boundary:
+        raise ValueError(f"boundary step {boundary} is not a snapshot step")
+    before = slice(max(0, b - window), b)
+    after = slice(b, min(len(steps), b + window + 1))
+    baseline = np.nanmedian(velocity[before]) if b > 0 else np.nan
+    peak = np.nanmax(velocity[after]) if np.isfinite(velocity[after]).any() else np.nan
+    norm_b = norm[b]
+    later = norm[b:]
+    dip_index = b + int(np.nanargmin(later[: window + 1])) if np.isfinite(later).any() else b
+    recovered = np.flatnonzero((np.arange(len(norm)) > dip_index)
+                               & (np.abs(norm - norm_b) <= tolerance * abs(norm_b)))
+    return {
+        "velocity_spike": float(peak / baseline) if baseline > 0 else float("nan"),
+        "velocity_peak": float(peak),
+        "norm_dip": float(1.0 - norm[dip_index] / norm_b) if norm_b else float("nan"),
+        "recovery_steps": float(steps[recovered[0]] - boundary) if len(recovered) else float("nan"),
+        "alignment_deflection": float(np.nanmax(np.abs(alignment[after] - alignment[b]))),
+        "distance_jump": float(distance[after][-1] - distance[b]),
+    }

@@ -1,0 +1,198 @@
+"""MLPs and CNNs in the standard or the NTK parametrisation.
+
+Every layer with parameters is a `Dense` or a `Conv2d`, subclasses of torch's own that carry two
+scalars, `weight_gain` and `bias_gain`, applied in the forward pass:
+
+    y = weight_gain · (W x) + bias_gain · b
+
+Standard parametrisation (regime "feature"): gains 1, torch's default Kaiming-uniform init.
+NTK parametrisation (regime "lazy"): W, b ~ N(0, 1), weight_gain = σ_w / √fan_in,
+bias_gain = σ_b (Jacot et al. 2018, eq. 1; the convention of neural-tangents' `stax`).
+The NTK engine reads the gains, so both parametrisations get exact factorised kernels.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+REGIMES = ("lazy", "feature")
+ACTIVATIONS = ("relu", "tanh", "linear")
+ARCHS = ("mlp", "cnn", "cnn-relu")
+
+
+class _Gained:
+    """Mixin: the gains of one layer and their initialisation."""
+
+    weight_gain: float
+    bias_gain: float
+
+    def _init_gains(self, parametrization: str, weight_std: float, bias_std: float,
+                    fan_in: int) -> None:
+        if parametrization == "ntk":
+            self.weight_gain = weight_std / math.sqrt(fan_in)
+            self.bias_gain = bias_std
+            with torch.no_grad():
+                self.weight.normal_()
+                if self.bias is not None:
+                    self.bias.normal_()
+        elif parametrization == "standard":
+            self.weight_gain = 1.0
+            self.bias_gain = 1.0  # torch's reset_parameters already ran
+        else:
+            raise ValueError(f"parametrization must be 'ntk' or 'standard', got {parametrization!r}")
+        self.parametrization = parametrization
+
+
+class Dense(nn.Linear, _Gained):
+    """Linear layer with NTK-parametrisation gains."""
+
+    def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
+                 parametrization: str = "standard", weight_std: float = 1.0,
+                 bias_std: float = 0.1) -> None:
+        super().__init__(in_features, out_features, bias=bias)
+        self._init_gains(parametrization, weight_std, bias_std, in_features)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x, self.weight)
+        if self.weight_gain != 1.0:
+            out = out * self.weight_gain
+        if self.bias is not None:
+            out = out + self.bias_gain * self.bias
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, parametrization={self.parametrization}"
+
+
+class Conv2d(nn.Conv2d, _Gained):
+    """2-D convolution with NTK-parametrisation gains (fan_in = in_channels · kh · kw)."""
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int, stride: int = 1,
+                 padding: int = 0, bias: bool = True, *, parametrization: str = "standard",
+                 weight_std: float = 1.0, bias_std: float = 0.1) -> None:
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=padding,
+                         bias=bias)
+        fan_in = in_channels * self.kernel_size[0] * self.kernel_size[1]
+        self._init_gains(parametrization, weight_std, bias_std, fan_in)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self._conv_forward(x, self.weight, None)
+        if self.weight_gain != 1.0:
+            out = out * self.weight_gain
+        if self.bias is not None:
+            out = out + (self.bias_gain * self.bias).view(1, -1, 1, 1)
+        return out
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, parametrization={self.parametrization}"
+
+
+def activation_module(name: str) -> nn.Module:
+    """The activation named in the config."""
+    if name == "relu":
+        return nn.ReLU()
+    if name == "tanh":
+        return nn.Tanh()
+    if name == "linear":
+        return nn.Identity()
+    raise ValueError(f"activation must be one of {ACTIVATIONS}, got {name!r}")
+
+
+def _weight_std(activation: str) -> float:
+    # Variance-preserving σ_w: He for ReLU, 1 otherwise (Jacot et al. 2018 use σ_w = 1 for
+    # general nonlinearities; √2 keeps ReLU pre-activations O(1) through depth).
+    return math.sqrt(2.0) if activation == "relu" else 1.0
+
+
+def make_mlp(in_features: int, width: int, depth: int, num_outputs: int, *,
+             activation: str = "relu", parametrization: str = "standard", bias: bool = True,
+             bias_std: float = 0.1) -> nn.Sequential:
+    """MLP with `depth` hidden layers of `width` units and a linear readout."""
+    if depth < 1 or width < 1:
+        raise ValueError(f"depth and width must be ≥ 1, got depth={depth}, width={width}")
+    layers: list[nn.Module] = [nn.Flatten()]
+    fan_in = in_features
+    for _ in range(depth):
+        layers += [Dense(fan_in, width, bias, parametrization=parametrization,
+                         weight_std=_weight_std(activation), bias_std=bias_std),
+                   activation_module(activation)]
+        fan_in = width
+    layers.append(Dense(fan_in, num_outputs, bias, parametrization=parametrization,
+                        weight_std=1.0, bias_std=bias_std))
+    return nn.Sequential(*layers)
+
+
+def make_cnn(in_shape: Sequence[int], width: int, depth: int, num_outputs: int, *,
+             activation: str = "relu", parametrization: str = "standard", bias: bool = True,
+             bias_std: float = 0.1) -> nn.Sequential:
+    """Small CNN: `depth` 3×3 conv layers of `width` channels (stride 2 after the first),
+    global average pooling, linear readout."""
+    if depth < 1 or width < 1:
+        raise ValueError(f"depth and width must be ≥ 1, got depth={depth}, width={width}")
+    channels = in_shape[0]
+    layers: list[nn.Module] = []
+    for i in range(depth):
+        layers += [Conv2d(channels, width, 3, stride=1 if i == 0 else 2, padding=1, bias=bias,
+                          parametrization=parametrization, weight_std=_weight_std(activation),
+                          bias_std=bias_std),
+                   activation_module(activation)]
+        channels = width
+    layers += [nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+               Dense(channels, num_outputs, bias, parametrization=parametrization,
+                     weight_std=1.0, bias_std=bias_std)]
+    return nn.Sequential(*layers)
+
+
+def make_cnn_relu(in_shape: Sequence[int], num_outputs: int, *, width: int = 32,
+                  parametrization: str = "standard", bias: bool = True,
+                  bias_std: float = 0.1) -> nn.Sequential:
+    """The `cnn-relu` of Cohen et al.'s edge-of-stability code: two 3×3 conv layers of `width`
+    channels, each followed by ReLU and 2×2 max-pooling, then a linear readout."""
+    c, h, w = in_shape
+    layers: list[nn.Module] = [
+        Conv2d(c, width, 3, padding=1, bias=bias, parametrization=parametrization,
+               weight_std=math.sqrt(2.0), bias_std=bias_std),
+        nn.ReLU(), nn.MaxPool2d(2),
+        Conv2d(width, width, 3, padding=1, bias=bias, parametrization=parametrization,
+               weight_std=math.sqrt(2.0), bias_std=bias_std),
+        nn.ReLU(), nn.MaxPool2d(2), nn.Flatten(),
+        Dense(width * (h // 4) * (w // 4), num_outputs, bias, parametrization=parametrization,
+              weight_std=1.0, bias_std=bias_std),
+    ]
+    return nn.Sequential(*layers)
+
+
+def build_model(arch: str, in_shape: Sequence[int], num_outputs: int, *, width: int,
+                depth: int, activation: str, regime: str, bias: bool = True,
+                bias_std: float = 0.1, seed: int = 0) -> nn.Sequential:
+    """The network of one run, initialised from `seed` (regime 'lazy' = NTK parametrisation,
+    'feature' = standard parametrisation with Kaiming-uniform init)."""
+    if regime not in REGIMES:
+        raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
+    parametrization = "ntk" if regime == "lazy" else "standard"
+    generator_state = torch.random.get_rng_state()
+    torch.manual_seed(seed)
+    try:
+        if arch == "mlp":
+            return make_mlp(math.prod(in_shape), width, depth, num_outputs,
+                            activation=activation, parametrization=parametrization, bias=bias,
+                            bias_std=bias_std)
+        if arch == "cnn":
+            return make_cnn(in_shape, width, depth, num_outputs, activation=activation,
+                            parametrization=parametrization, bias=bias, bias_std=bias_std)
+        if arch == "cnn-relu":
+            return make_cnn_relu(in_shape, num_outputs, width=width,
+                                 parametrization=parametrization, bias=bias, bias_std=bias_std)
+        raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
+    finally:
+        torch.random.set_rng_state(generator_state)
+
+
+def parameter_count(model: nn.Module) -> int:
+    """Number of trainable scalars."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)

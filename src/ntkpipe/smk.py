@@ -1,0 +1,49 @@
+"""Glue between a Snakemake `script:` job and the stage functions: logging, threads,
+provenance, and the source hash that makes edited package code rerun the rules using it."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from importlib import util
+from pathlib import Path
+from typing import Any, Callable
+
+
+def source_hash(*modules: str) -> str:
+    """SHA-256 (16 hex digits) of the named ntkpipe modules' source files. Passed through
+    `params:`, it makes Snakemake rerun a rule when code it imports changes."""
+    spec = util.find_spec("ntkpipe")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("ntkpipe is not importable: run `make install` (pip install -e .)")
+    root = Path(next(iter(spec.submodule_search_locations)))
+    digest = hashlib.sha256()
+    for name in sorted(set(modules)):
+        path = root / f"{name}.py"
+        digest.update(name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def setup(snakemake: Any) -> tuple[Callable[[str], None], dict[str, str]]:
+    """Route stderr to the job's log, set torch's threads, and build the provenance of the
+    job's outputs (its params and wildcards). Returns (log function, provenance)."""
+    log_path = Path(snakemake.log[0])
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    handle = open(log_path, "w", buffering=1)
+    sys.stderr = handle
+    import torch
+
+    from ntkpipe import store
+
+    torch.set_num_threads(max(1, int(snakemake.threads)))
+    params = {k: v for k, v in snakemake.params.items() if k != "code"}
+    wildcards = dict(snakemake.wildcards.items())
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    seed = params.get("run", {}).get("seed") if isinstance(params.get("run"), dict) else None
+    prov = store.provenance(config=params, wildcards=wildcards, seed=seed, device=device,
+                            workflow_dir=Path(snakemake.scriptdir))
+
+    def log(line: str) -> None:
+        print(line, file=handle, flush=True)
+
+    return log, prov

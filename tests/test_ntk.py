@@ -1,0 +1,319 @@
+"""The NTK engine against the torch.func reference, in float64, for every mode and layer type."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from ntkpipe import ntk
+from ntkpipe.models import Conv2d, Dense, build_model, make_mlp
+from ntkpipe.ntk import MODES, empirical_ntk, layer_names, reference_ntk
+
+F64 = torch.float64
+IMPLEMENTATIONS = ("auto", "factorised", "jacobian")
+
+
+def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    return ((a - b).norm() / b.norm()).item()
+
+
+def assert_matches_reference(model, x1, x2=None, *, mode="full", per_layer=False, **kwargs):
+    got = empirical_ntk(model, x1, x2, mode=mode, per_layer=per_layer, dtype=F64, **kwargs)
+    want = reference_ntk(model, x1, x2, mode=mode, per_layer=per_layer, dtype=F64)
+    assert got.shape == want.shape
+    assert got.dtype == F64
+    assert rel_err(got, want) < 1e-10
+    return got
+
+
+def bn_model() -> nn.Module:
+    torch.manual_seed(1)
+    model = nn.Sequential(Conv2d(2, 3, 3, padding=1, parametrization="ntk"), nn.BatchNorm2d(3),
+                          nn.ReLU(), nn.Flatten(), Dense(3 * 5 * 5, 4, parametrization="ntk"))
+    with torch.no_grad():  # non-trivial running statistics and affine parameters
+        bn = model[1]
+        bn.running_mean.normal_()
+        bn.running_var.uniform_(0.5, 2.0)
+        bn.weight.normal_()
+        bn.bias.normal_()
+    return model.eval()
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    return build_model("mlp", (2, 3), 3, width=7, depth=2, activation="tanh",
+                       regime="lazy", seed=3).eval()
+
+
+@pytest.fixture(scope="module")
+def cnn():
+    return build_model("cnn", (3, 6, 6), 3, width=4, depth=2, activation="relu",
+                       regime="feature", seed=4).eval()
+
+
+# ---------------------------------------------------------------------------------------------
+# Against the reference
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("depth", [1, 2, 3])
+@pytest.mark.parametrize("activation", ["relu", "tanh", "linear"])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("parametrization", ["ntk", "standard"])
+def test_mlp_full_kernel_matches_reference(depth, activation, bias, parametrization):
+    torch.manual_seed(depth)
+    model = make_mlp(5, 6, depth, 3, activation=activation, parametrization=parametrization,
+                     bias=bias).eval()
+    x1, x2 = torch.randn(4, 5), torch.randn(3, 5)
+    assert_matches_reference(model, x1)
+    assert_matches_reference(model, x1, x2)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_every_mode_and_implementation_on_mlp(mlp, implementation, mode, per_layer):
+    torch.manual_seed(0)
+    x1, x2 = torch.randn(5, 2, 3), torch.randn(3, 2, 3)
+    assert_matches_reference(mlp, x1, mode=mode, per_layer=per_layer,
+                             implementation=implementation)
+    assert_matches_reference(mlp, x1, x2, mode=mode, per_layer=per_layer,
+                             implementation=implementation)
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("mode", MODES)
+def test_every_mode_and_implementation_on_cnn(cnn, implementation, mode):
+    torch.manual_seed(0)
+    x1, x2 = torch.randn(3, 3, 6, 6), torch.randn(2, 3, 6, 6)
+    assert_matches_reference(cnn, x1, mode=mode, per_layer=True, implementation=implementation)
+    assert_matches_reference(cnn, x1, x2, mode=mode, implementation=implementation)
+
+
+@pytest.mark.parametrize("regime", ["lazy", "feature"])
+def test_cnn_relu_with_max_pooling(regime):
+    model = build_model("cnn-relu", (3, 8, 8), 4, width=3, depth=2, activation="relu",
+                        regime=regime, seed=5).eval()
+    torch.manual_seed(0)
+    x1, x2 = torch.randn(3, 3, 8, 8), torch.randn(2, 3, 8, 8)
+    for implementation in IMPLEMENTATIONS:
+        assert_matches_reference(model, x1, x2, per_layer=True, implementation=implementation)
+
+
+def test_eval_batchnorm_falls_back_to_its_jacobian():
+    model = bn_model()
+    torch.manual_seed(0)
+    x1, x2 = torch.randn(3, 2, 5, 5), torch.randn(4, 2, 5, 5)
+    for mode in MODES:
+        assert_matches_reference(model, x1, mode=mode, per_layer=True)
+        assert_matches_reference(model, x1, x2, mode=mode)
+
+
+def test_layernorm_and_plain_torch_layers():
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Linear(4, 6), nn.LayerNorm(6), nn.ReLU(inplace=True),
+                          nn.Linear(6, 6, bias=False), nn.Tanh(), nn.Linear(6, 2)).eval()
+    torch.manual_seed(0)
+    assert_matches_reference(model, torch.randn(5, 4), torch.randn(2, 4), per_layer=True)
+
+
+@pytest.mark.parametrize("conv", [
+    dict(stride=2, padding=1),
+    dict(stride=1, padding=2, dilation=2),
+    dict(stride=(2, 1), padding=(0, 1), bias=False),
+    dict(stride=1, padding=1, padding_mode="reflect"),  # Jacobian fallback
+    dict(stride=1, padding=0, groups=2),                  # Jacobian fallback
+])
+def test_conv_hyperparameters(conv):
+    torch.manual_seed(3)
+    model = nn.Sequential(nn.Conv2d(2, 4, 3, **conv), nn.ReLU(), nn.Flatten(), nn.LazyLinear(3))
+    x1, x2 = torch.randn(3, 2, 7, 7), torch.randn(2, 2, 7, 7)
+    model(x1)  # materialise the lazy readout
+    for implementation in IMPLEMENTATIONS:
+        assert_matches_reference(model.eval(), x1, x2, implementation=implementation)
+
+
+def test_linear_over_extra_dimensions_sums_positions():
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(3, 5), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 5, 2))
+    x1, x2 = torch.randn(3, 4, 3), torch.randn(2, 4, 3)
+    for implementation in IMPLEMENTATIONS:
+        assert_matches_reference(model, x1, x2, implementation=implementation)
+
+
+def test_frozen_parameters_are_left_out():
+    torch.manual_seed(5)
+    model = make_mlp(4, 5, 2, 3)
+    model[1].weight.requires_grad_(False)
+    model[3].bias.requires_grad_(False)
+    x = torch.randn(4, 4)
+    assert_matches_reference(model, x, per_layer=True)
+    assert layer_names(model) == ["1", "3", "5"]
+
+
+@pytest.mark.parametrize("implementation", IMPLEMENTATIONS)
+@pytest.mark.parametrize("chunk,cache_all", [(2, False), (3, True)])
+def test_chunked_runs_match(cnn, mlp, implementation, chunk, cache_all, monkeypatch):
+    monkeypatch.setattr(ntk, "_chunk_plan", lambda *args: (chunk, cache_all))
+    monkeypatch.setattr(ntk, "_tile_size", lambda chunk, n, rows: 1)  # tiles inside chunks
+    torch.manual_seed(0)
+    x1, x2 = torch.randn(7, 2, 3), torch.randn(5, 2, 3)
+    for mode in MODES:
+        for x_2 in (None, x2):
+            assert_matches_reference(mlp, x1, x_2, mode=mode, per_layer=True,
+                                     implementation=implementation)
+    assert_matches_reference(cnn, torch.randn(5, 3, 6, 6), implementation=implementation)
+
+
+def test_memory_budget_sets_the_chunk(mlp, monkeypatch):
+    plans = []
+    plan = ntk._chunk_plan
+    monkeypatch.setattr(ntk, "_chunk_plan", lambda *a: plans.append(plan(*a)) or plans[-1])
+    x = torch.randn(40, 2, 3)
+    want = reference_ntk(mlp, x, dtype=F64)
+    for budget in (5_000, 20_000, 80_000, 320_000, 10 ** 9):
+        assert rel_err(empirical_ntk(mlp, x, dtype=F64, max_memory=budget), want) < 1e-10
+    chunks = [chunk for chunk, _ in plans]
+    assert chunks == sorted(chunks) and chunks[0] < 10 and chunks[-1] == 40
+    assert not plans[0][1] and plans[-1][1]
+
+
+# ---------------------------------------------------------------------------------------------
+# Relations between modes, symmetry, dtypes
+# ---------------------------------------------------------------------------------------------
+
+def test_modes_are_views_of_the_full_kernel(mlp):
+    torch.manual_seed(0)
+    x1, x2 = torch.randn(4, 2, 3), torch.randn(3, 2, 3)
+    full = empirical_ntk(mlp, x1, x2, dtype=F64)
+    diag = full.diagonal(dim1=-2, dim2=-1)
+    torch.testing.assert_close(empirical_ntk(mlp, x1, x2, mode="trace", dtype=F64),
+                               diag.mean(-1), rtol=1e-12, atol=0)
+    torch.testing.assert_close(empirical_ntk(mlp, x1, x2, mode="per_output", dtype=F64),
+                               diag.permute(2, 0, 1), rtol=1e-12, atol=0)
+    torch.testing.assert_close(empirical_ntk(mlp, x1, x2, mode="sum_logits", dtype=F64),
+                               full.sum((-2, -1)), rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_per_layer_parts_sum_to_total(cnn, mode):
+    x = torch.randn(4, 3, 6, 6)
+    parts = empirical_ntk(cnn, x, mode=mode, per_layer=True, dtype=F64)
+    assert parts.shape[0] == len(layer_names(cnn)) == 3
+    torch.testing.assert_close(parts.sum(0), empirical_ntk(cnn, x, mode=mode, dtype=F64),
+                               rtol=1e-12, atol=1e-14)
+
+
+def test_kernel_of_x_with_itself_is_symmetric(mlp):
+    x = torch.randn(9, 2, 3)
+    full = empirical_ntk(mlp, x, dtype=F64, max_memory=40_000)
+    torch.testing.assert_close(full, full.permute(1, 0, 3, 2), rtol=0, atol=0)
+    torch.testing.assert_close(full, empirical_ntk(mlp, x, x.clone(), dtype=F64),
+                               rtol=1e-12, atol=1e-14)
+    flat = full.permute(0, 2, 1, 3).reshape(27, 27)
+    assert torch.linalg.eigvalsh(flat).min() > -1e-10 * flat.norm()
+
+
+def test_default_dtype_is_the_models(mlp):
+    x = torch.randn(4, 2, 3)
+    k32 = empirical_ntk(mlp, x, mode="trace")
+    assert k32.dtype == torch.float32
+    assert rel_err(k32.double(), empirical_ntk(mlp, x, mode="trace", dtype=F64)) < 1e-5
+    assert next(mlp.parameters()).dtype == torch.float32  # the float64 run used a copy
+
+
+def test_shapes_of_every_mode(mlp):
+    x1, x2 = torch.randn(4, 2, 3), torch.randn(2, 2, 3)
+    shapes = {"full": (4, 2, 3, 3), "trace": (4, 2), "per_output": (3, 4, 2),
+              "sum_logits": (4, 2)}
+    for mode, shape in shapes.items():
+        assert empirical_ntk(mlp, x1, x2, mode=mode).shape == shape
+        assert empirical_ntk(mlp, x1, x2, mode=mode, per_layer=True).shape == (3,) + shape
+
+
+# ---------------------------------------------------------------------------------------------
+# The caller's model and global state are untouched
+# ---------------------------------------------------------------------------------------------
+
+def test_callers_model_untouched():
+    model = build_model("mlp", (4,), 3, width=5, depth=2, activation="relu", regime="lazy")
+    model.train()
+    model[1].bias.requires_grad_(False)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    x = torch.randn(3, 4)
+    for implementation in ntk.IMPLEMENTATIONS:
+        empirical_ntk(model, x, implementation=implementation)
+        empirical_ntk(model, x, dtype=F64, implementation=implementation, allow_tf32=True)
+    assert model.training and all(m.training for m in model.modules())
+    assert not model[1].bias.requires_grad and model[1].weight.requires_grad
+    assert all(not m._forward_hooks and not m._forward_pre_hooks for m in model.modules())
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert all(p.grad is None for p in model.parameters())
+    assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == flags
+
+
+def test_eval_batchnorm_buffers_untouched():
+    model = bn_model()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    empirical_ntk(model, torch.randn(3, 2, 5, 5))
+    assert not model.training
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+
+
+# ---------------------------------------------------------------------------------------------
+# Errors
+# ---------------------------------------------------------------------------------------------
+
+def test_error_output_not_2d():
+    model = nn.Sequential(nn.Conv2d(1, 2, 3))
+    with pytest.raises(ValueError, match="2-D"):
+        empirical_ntk(model, torch.randn(2, 1, 5, 5))
+
+
+def test_error_inputs_mismatch(mlp):
+    with pytest.raises(ValueError, match="per-sample shapes"):
+        empirical_ntk(mlp, torch.randn(2, 2, 3), torch.randn(2, 3, 2))
+    with pytest.raises(ValueError, match="model's input"):
+        empirical_ntk(mlp, torch.randn(2, 5))
+    with pytest.raises(TypeError, match="x1"):
+        empirical_ntk(mlp, [[1.0]])
+
+
+def test_error_budget_too_small(mlp):
+    with pytest.raises(ValueError, match="too small"):
+        empirical_ntk(mlp, torch.randn(3, 2, 3), max_memory=100)
+    with pytest.raises(ValueError, match="max_memory"):
+        empirical_ntk(mlp, torch.randn(3, 2, 3), max_memory=-1)
+
+
+def test_error_unsupported_module_when_strict():
+    with pytest.raises(TypeError, match="BatchNorm2d"):
+        empirical_ntk(bn_model(), torch.randn(2, 2, 5, 5), strict=True)
+
+
+def test_error_unknown_options(mlp):
+    x = torch.randn(2, 2, 3)
+    with pytest.raises(ValueError, match="mode"):
+        empirical_ntk(mlp, x, mode="diag")
+    with pytest.raises(ValueError, match="implementation"):
+        empirical_ntk(mlp, x, implementation="fast")
+
+
+def test_error_weight_sharing():
+    shared = nn.Linear(3, 3)
+    model = nn.Sequential(shared, nn.Tanh(), shared, nn.Linear(3, 2))
+    with pytest.raises(ValueError, match="more than once"):
+        empirical_ntk(model, torch.randn(2, 3))
+    assert all(not m._forward_hooks for m in model.modules())
+
+
+def test_error_parameter_shared_between_modules():
+    first, second = nn.Linear(3, 3), nn.Linear(3, 3)
+    second.weight = first.weight
+    model = nn.Sequential(first, nn.Tanh(), second, nn.Linear(3, 2))
+    with pytest.raises(ValueError, match="shared"):
+        empirical_ntk(model, torch.randn(2, 3))
+    x = torch.randn(3, 3)
+    torch.testing.assert_close(empirical_ntk(model, x, implementation="reference"),
+                               reference_ntk(model, x))

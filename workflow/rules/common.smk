@@ -1,0 +1,73 @@
+# Config validation, run table and path helpers. Only light imports here: every job (and every
+# SLURM job) re-parses the Snakefile.
+import ntkpipe.config as ntkconfig
+import ntkpipe.smk as ntksmk
+import ntkpipe.sweep as ntksweep
+
+try:
+    config.update(ntkconfig.validate(config))
+except ntkconfig.ConfigError as err:
+    raise WorkflowError(f"invalid config: {err}") from None
+
+R = config["results"]
+
+wildcard_constraints:
+    run=ntksweep.id_regex(ntksweep.PHASE1_KEYS),
+    shift=ntksweep.id_regex(ntksweep.SHIFT_KEYS),
+    split=ntksweep.id_regex(ntksweep.SPLIT_KEYS),
+    dataset="[a-z0-9]+",
+
+RUNS = sorted(set(ntksweep.iter_runs(config)))
+METRICS = [f"{R}/runs/{run}/{shift}/metrics.nc" for run, shift in RUNS]
+SUMMARY = f"{R}/summary/metrics.nc"
+FIGURE_NAMES = ["metrics_by_width", "accuracy_by_task", "similarity_sweep"]
+FIGURES = [f"{R}/figures/{name}.png" for name in FIGURE_NAMES]
+
+
+def run_params(wildcards):
+    """Phase-1 parameters named by the {run} wildcard."""
+    return ntksweep.parse_id(wildcards.run, ntksweep.PHASE1_KEYS)
+
+
+def shift_params(wildcards):
+    """Phase-2 parameters named by the {shift} wildcard."""
+    return ntksweep.parse_id(wildcards.shift, ntksweep.SHIFT_KEYS)
+
+
+def split_of(wildcards):
+    """The split id ({dataset, classes, seed}) a run trains on."""
+    return ntksweep.split_id(run_params(wildcards))
+
+
+def split_settings(n_tasks=1, shared_classes=0, alpha=0.0):
+    """Everything besides the wildcards that decides a split."""
+    return {
+        "order": config["dataset"]["class_order"],
+        "train_per_task": config["dataset"]["train_per_task"],
+        "probe_size": config["probe"]["size"],
+        "probe_tasks": [t for t in config["probe"]["tasks"] if t <= n_tasks] or [1],
+        "imbalance": config["frequency"]["imbalance"],
+        "n_tasks": n_tasks, "shared_classes": shared_classes, "alpha": alpha,
+    }
+
+
+def phase1_settings():
+    """Training settings phase 1 depends on (phase-2 settings excluded: no retraining)."""
+    t = config["train"]
+    return {"momentum": t["momentum"], "lazy_reference_width": t["lazy_reference_width"],
+            "lazy_lr_scale": t["lazy_lr_scale"], "phase1": t["phase1"],
+            "snapshots": {"log_points": t["snapshots"]["log_points"]},
+            "checkpoint_every": t["checkpoint_every"]}
+
+
+def phase2_settings():
+    """Training settings phase 2 depends on."""
+    t = config["train"]
+    return {"momentum": t["momentum"], "lazy_reference_width": t["lazy_reference_width"],
+            "lazy_lr_scale": t["lazy_lr_scale"], "phase2": t["phase2"],
+            "snapshots": t["snapshots"],
+            "checkpoint_every": t["checkpoint_every"]}
+
+
+def model_settings():
+    return {"bias": config["model"]["bias"], "bias_std": config["model"]["bias_std"]}

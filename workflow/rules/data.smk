@@ -1,0 +1,45 @@
+rule prepare_data:
+    """Decode and normalise a dataset once; every run reads this cache."""
+    output:
+        f"{R}/data/{{dataset}}.pt",
+    log:
+        f"{R}/logs/prepare_data/{{dataset}}.log",
+    params:
+        root=config["dataset"]["root"],
+        code=ntksmk.source_hash("data", "stages", "store"),
+    script:
+        "../scripts/prepare_data.py"
+
+
+rule split_task1:
+    """Task 1 of a split: shared by every shift built on it."""
+    input:
+        data=lambda wc: f"{R}/data/{ntksweep.parse_id(wc.split, ntksweep.SPLIT_KEYS)['dataset']}.pt",
+    output:
+        f"{R}/splits/{{split}}/task1.npz",
+    log:
+        f"{R}/logs/splits/{{split}}/task1.log",
+    params:
+        split=lambda wc: {**split_settings(),
+                          **{k: v for k, v in ntksweep.parse_id(wc.split, ntksweep.SPLIT_KEYS).items()
+                             if k != "dataset"}},
+        code=ntksmk.source_hash("splits", "stages", "store"),
+    script:
+        "../scripts/split.py"
+
+
+rule split_tasks:
+    """The whole task sequence of a shift (task 1 identical to task1.npz by construction)."""
+    input:
+        data=lambda wc: f"{R}/data/{ntksweep.parse_id(wc.split, ntksweep.SPLIT_KEYS)['dataset']}.pt",
+    output:
+        f"{R}/splits/{{split}}/{{shift}}/tasks.npz",
+    log:
+        f"{R}/logs/splits/{{split}}/{{shift}}/tasks.log",
+    params:
+        split=lambda wc: {**split_settings(**{k: v for k, v in shift_params(wc).items() if k != "shift"}),
+                          **{k: v for k, v in ntksweep.parse_id(wc.split, ntksweep.SPLIT_KEYS).items()
+                             if k != "dataset"}},
+        code=ntksmk.source_hash("splits", "stages", "store"),
+    script:
+        "../scripts/split.py"
