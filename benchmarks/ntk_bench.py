@@ -2,19 +2,20 @@
 
     python benchmarks/ntk_bench.py [--quick] [--readme benchmarks/README.md]
 
-Each case runs in its own subprocess, so that its peak memory is the growth of the process's
-max RSS (ru_maxrss) during the computation, or torch.cuda.max_memory_allocated on a GPU.
-GFLOP/s counts the matmul/conv FLOPs the engine performs (torch.utils.flop_counter), and
-'% peak' compares them with a large fp32 torch.matmul timed in the same process just before.
+Each case runs in its own subprocess; its peak memory is the process's peak RSS (VmHWM, reset
+just before the runs) minus its RSS then. Time is the best of the case's repeats. GFLOP/s
+counts the matmul/conv FLOPs the engine performs (torch.utils.flop_counter); '% of matmul'
+compares them with a 2048² fp32 torch.matmul timed right before that best run, because other
+jobs on a shared machine change the throughput from minute to minute.
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import platform
-import resource
 import subprocess
 import sys
 import time
@@ -31,14 +32,20 @@ from ntkpipe.ntk import empirical_ntk, reference_ntk  # noqa: E402
 MiB = 2 ** 20
 
 
+@functools.lru_cache(maxsize=None)
+def _operands(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Two n×n fp32 matrices and a result buffer, allocated once (kept out of peak memory)."""
+    return torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+
+
 def matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
     """Best fp32 throughput of an n×n by n×n matmul."""
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    a @ b
+    a, b, out = _operands(n)
+    torch.matmul(a, b, out=out)
     best = float("inf")
     for _ in range(repeats):
         t = time.perf_counter()
-        a @ b
+        torch.matmul(a, b, out=out)
         best = min(best, time.perf_counter() - t)
     return 2 * n ** 3 / best / 1e9
 
@@ -66,22 +73,40 @@ def run_case(case: dict) -> dict:
             return reference_ntk(model, x, mode=case["mode"])
         return empirical_ntk(model, x, mode=case["mode"], implementation=impl)
 
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    times = []
+    matmul_gflops(2048, 1)
+    rss_before = _reset_peak_rss()
+    times, throughputs = [], []
     for _ in range(case.get("repeats", 1)):
+        throughputs.append(matmul_gflops(2048, 2))  # the machine's state next to this run
         t = time.perf_counter()
         compute()
         times.append(time.perf_counter() - t)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base
+    peak = _status_kib("VmHWM") - rss_before
     flops = None
     if impl != "torch.func":
         from torch.utils.flop_counter import FlopCounterMode
         with FlopCounterMode(display=False) as counter:
             compute()
         flops = counter.get_total_flops()
-    best = min(times)
-    return {"time": best, "peak_mib": peak * 1024 / MiB, "matmul_gflops": matmul_gflops(),
-            "gflops": flops / best / 1e9 if flops else None}
+    best = min(range(len(times)), key=times.__getitem__)
+    return {"time": times[best], "peak_mib": peak / 1024, "matmul_gflops": throughputs[best],
+            "gflops": flops / times[best] / 1e9 if flops else None}
+
+
+def _status_kib(field: str) -> int:
+    """A field of /proc/self/status, in KiB."""
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+    raise KeyError(field)
+
+
+def _reset_peak_rss() -> int:
+    """Reset the process's peak RSS (VmHWM; Linux ≥ 4.0) and return the current RSS in KiB."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_kib("VmRSS")
 
 
 def reference_estimate(case: dict, gflops: float) -> tuple[float, float]:

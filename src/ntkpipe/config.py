@@ -57,7 +57,7 @@ def _message(error: jsonschema.ValidationError) -> str:
     if error.validator == "enum":
         return f"'{key}' is {error.instance!r}; allowed: {', '.join(map(str, error.validator_value))}"
     if error.validator in ("oneOf", "anyOf"):
-        return f"'{key}' is {error.instance!r}, which is not allowed here ({error.schema.get('description', 'see config.schema.yaml')})"
+        return f"'{key}' is {error.instance!r}; allowed: {error.schema.get('description', 'see config.schema.yaml')}"
     return f"'{key}': {error.message}"
 
 
@@ -71,7 +71,10 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
     validator = jsonschema.Draft202012Validator(sch)
     errors = sorted(validator.iter_errors(full), key=lambda e: (len(e.absolute_path), e.path))
     if errors:
-        raise ConfigError(_message(jsonschema.exceptions.best_match(errors)))
+        error = jsonschema.exceptions.best_match(errors)
+        while error.parent is not None and error.parent.validator in ("oneOf", "anyOf"):
+            error = error.parent  # report "x is not allowed here" rather than one branch
+        raise ConfigError(_message(error))
     _check_semantics(full)
     return full
 
@@ -81,6 +84,10 @@ def _check_semantics(config: dict[str, Any]) -> None:
     if ".." in results.parts or not results.parts:
         raise ConfigError(f"'results' is {config['results']!r}: it must name a directory "
                           "without '..' components")
+    kernel, stored = config["metrics"]["kernel"], config["ntk"]["kernels"]
+    if kernel != "trace" and kernel not in stored:  # the traced kernel is always stored
+        raise ConfigError(f"'metrics.kernel' is {kernel!r} but 'ntk.kernels' ({', '.join(stored)}) "
+                          f"does not store it; add {kernel!r} to ntk.kernels")
     sweeps = config["sweeps"]
     if not sweeps:
         raise ConfigError("'sweeps' is empty: define at least one sweep")

@@ -18,7 +18,7 @@ from ntkpipe.data import load_dataset, normalise
 from ntkpipe.models import build_model
 from ntkpipe.splits import TaskSplit, make_tasks
 from ntkpipe.sweep import effective_lr
-from ntkpipe.train import Record, Schedule, TaskSpec, evaluate, loss_value, train_tasks
+from ntkpipe.train import Record, Schedule, TaskSpec, per_sample_loss, train_tasks
 
 Log = Callable[[str], None]
 
@@ -183,17 +183,25 @@ def _snapshots(paths: list[str | Path]) -> dict[str, Any]:
             "boundaries": boundaries, "diverged_step": diverged}
 
 
-def _weighted_eval(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, classes: list[int],
-                   proportions: np.ndarray, loss: str) -> tuple[float, float]:
-    """Loss and accuracy on a task, each class weighted by its share in the task."""
+@torch.no_grad()
+def _per_sample(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """Per-sample loss and correctness of a model on (x, y), in one pass."""
+    out = model(x)
+    losses = per_sample_loss(out, y, loss)
+    return losses.double().cpu().numpy(), (out.argmax(1) == y).cpu().numpy()
+
+
+def task_scores(losses: np.ndarray, correct: np.ndarray, labels: np.ndarray,
+                classes: list[int], proportions: np.ndarray) -> tuple[float, float]:
+    """Loss and accuracy on a task, each class's mean weighted by its share in the task."""
     total_loss = total_acc = 0.0
     for c, p in zip(classes, proportions):
-        mask = y == c
+        mask = labels == c
         if mask.any():
-            value, correct = evaluate(model, x[mask], y[mask], loss)
-            total_loss += p * value
-            total_acc += p * float(correct.float().mean())
-    return total_loss, total_acc
+            total_loss += p * losses[mask].mean()
+            total_acc += p * correct[mask].mean()
+    return float(total_loss), float(total_acc)
 
 
 def _kernels(model: torch.nn.Module, x: torch.Tensor, kinds: list[str], dtype: torch.dtype,
@@ -232,7 +240,8 @@ def extract_ntk(data_path: str | Path, split_path: str | Path, snapshot_paths: l
     kinds = list(ntk_cfg["kernels"])
     probes = sorted(split.probe)
     x_test, y_test = data["x_test"].to(device), data["y_test"].to(device)
-    x_train, y_train = data["x_train"], data["y_train"]
+    x_train, y_train = data["x_train"].to(device), data["y_train"].to(device)
+    test_labels, train_labels = data["y_test"].numpy(), data["y_train"].numpy()
     n_tasks = len(split.classes)
     kernels: dict[str, list] = {k: [] for k in set(kinds) | {"trace"}}
     outputs, test_stats, train_stats = [], [], []
@@ -246,13 +255,14 @@ def extract_ntk(data_path: str | Path, split_path: str | Path, snapshot_paths: l
         with torch.no_grad():
             outputs.append(np.stack([model(x_test[torch.from_numpy(split.probe[p])]).cpu()
                                      .double().numpy() for p in probes]))
-        test_stats.append([_weighted_eval(model, x_test, y_test, split.classes[t],
-                                          split.proportions[t], run["loss"])
-                           for t in range(n_tasks)])
-        train_stats.append([_weighted_eval(model, x_train[idx].to(device),
-                                           y_train[idx].to(device), split.classes[t],
-                                           split.proportions[t], run["loss"])
-                            for t, idx in enumerate(torch.from_numpy(i) for i in split.train)])
+        test_losses, test_correct = _per_sample(model, x_test, y_test, run["loss"])
+        train_losses, train_correct = _per_sample(model, x_train, y_train, run["loss"])
+        test_stats.append([task_scores(test_losses, test_correct, test_labels, cls, p)
+                           for cls, p in zip(split.classes, split.proportions)])
+        # a task's training set may repeat samples (frequency shift): weight by its indices
+        train_stats.append([task_scores(train_losses[idx], train_correct[idx], train_labels[idx],
+                                        cls, p)
+                            for cls, p, idx in zip(split.classes, split.proportions, split.train)])
         if (s + 1) % 10 == 0 or s + 1 == len(snaps["states"]):
             log(f"snapshot {s + 1}/{len(snaps['states'])} step {snaps['steps'][s]} "
                 f"({time.perf_counter() - tic:.1f} s)")

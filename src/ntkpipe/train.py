@@ -32,14 +32,19 @@ def snapshot_schedule(max_steps: int, log_points: int, dense_steps: int = 0) -> 
     return sorted(s for s in steps if s <= max_steps)
 
 
-def loss_value(outputs: torch.Tensor, labels: torch.Tensor, loss: str) -> torch.Tensor:
-    """Mean loss over the batch: cross-entropy, or MSE 0.5‖f − y‖² against one-hot y."""
+def per_sample_loss(outputs: torch.Tensor, labels: torch.Tensor, loss: str) -> torch.Tensor:
+    """Loss of each sample: cross-entropy, or MSE 0.5‖f − y‖² against one-hot y."""
     if loss == "cross_entropy":
-        return F.cross_entropy(outputs, labels)
+        return F.cross_entropy(outputs, labels, reduction="none")
     if loss == "mse":
         target = F.one_hot(labels, outputs.shape[1]).to(outputs.dtype)
-        return 0.5 * (outputs - target).pow(2).sum(dim=1).mean()
+        return 0.5 * (outputs - target).pow(2).sum(dim=1)
     raise ValueError(f"loss must be one of {LOSSES}, got {loss!r}")
+
+
+def loss_value(outputs: torch.Tensor, labels: torch.Tensor, loss: str) -> torch.Tensor:
+    """Mean loss over the batch."""
+    return per_sample_loss(outputs, labels, loss).mean()
 
 
 @torch.no_grad()

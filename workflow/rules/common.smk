@@ -1,5 +1,7 @@
 # Config validation, run table and path helpers. Only light imports here: every job (and every
 # SLURM job) re-parses the Snakefile.
+import sys
+
 import ntkpipe.config as ntkconfig
 import ntkpipe.smk as ntksmk
 import ntkpipe.sweep as ntksweep
@@ -7,7 +9,7 @@ import ntkpipe.sweep as ntksweep
 try:
     config.update(ntkconfig.validate(config))
 except ntkconfig.ConfigError as err:
-    raise WorkflowError(f"invalid config: {err}") from None
+    sys.exit(f"ntkpipe: invalid config: {err}")
 
 R = config["results"]
 

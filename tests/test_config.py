@@ -1,0 +1,155 @@
+"""Config validation: defaults, and one clear message naming the key for each bad input."""
+
+import copy
+
+import pytest
+import yaml
+
+from ntkpipe import config, sweep
+
+BASE = {"sweeps": {"w": {"width": [16, 32], "regime": ["lazy", "feature"]}}}
+
+
+def with_(update: dict) -> dict:
+    """BASE with `update` merged in (nested dicts merged, other values replaced)."""
+    out = copy.deepcopy(BASE)
+
+    def merge(a, b):
+        for k, v in b.items():
+            if isinstance(v, dict) and isinstance(a.get(k), dict):
+                merge(a[k], v)
+            else:
+                a[k] = v
+    merge(out, update)
+    return out
+
+
+def test_defaults_are_filled_from_the_schema():
+    full = config.validate(BASE)
+    assert full["dataset"]["name"] == "digits"
+    assert full["train"]["phase1"]["target_accuracy"] == 0.99
+    assert full["probe"]["size"] == 256
+    assert full["results"] == "results"
+    assert full["experiments"] is None
+
+
+def test_validate_does_not_mutate_its_input():
+    original = copy.deepcopy(BASE)
+    config.validate(BASE)
+    assert BASE == original
+
+
+def test_repository_config_is_valid():
+    full = config.load("config.yaml")
+    assert set(full["sweeps"]) >= {"width", "similarity"}
+
+
+BAD = [
+    ({"bogus": 1}, "unknown key 'bogus' at the top level"),
+    ({"train": {"lrr": 0.1}}, "unknown key 'lrr' under 'train'"),
+    ({"train": {"lr": "fast"}}, "'train.lr'"),
+    ({"train": {"lr": -0.1}}, "'train.lr'"),
+    ({"train": {"momentum": 1.0}}, "'train.momentum'"),
+    ({"sweeps": {"w": {"width": [0]}}}, "'sweeps.w.width[0]'"),
+    ({"sweeps": {"w": {"width": 64}}}, "'sweeps.w.width'"),
+    ({"sweeps": {"w": {"lr": [-1.0]}}}, "'sweeps.w.lr[0]'"),
+    ({"sweeps": {"w": {"regime": ["lazzy"]}}}, "'sweeps.w.regime[0]' is 'lazzy'; allowed: lazy, feature"),
+    ({"sweeps": {"w": {"shared_classes": [6]}}}, "larger than the task"),
+    ({"sweeps": {"w": {"alpha": [1.5]}}}, "'sweeps.w.alpha[0]'"),
+    ({"sweeps": {"w": {"n_tasks": [1]}}}, "'sweeps.w.n_tasks[0]'"),
+    ({"sweeps": {"w": {"n_tasks": [3]}}}, "need 15 classes"),
+    ({"sweeps": {"w": {"batch_size": ["all"]}}}, "'sweeps.w.batch_size[0]' is 'all'; allowed: a positive integer"),
+    ({"sweeps": {"w": {"arch": ["cnn-relu"]}}}, "cnn-relu"),
+    ({"sweeps": {"w": {"widht": [1]}}}, "unknown key 'widht' under 'sweeps.w'"),
+    ({"dataset": {"name": "imagenet"}}, "'dataset.name' is 'imagenet'; allowed: digits"),
+    ({"dataset": {"classes_per_task": 0}}, "'dataset.classes_per_task'"),
+    ({"probe": {"size": 0}}, "'probe.size'"),
+    ({"ntk": {"kernels": ["diagonal"]}}, "'ntk.kernels[0]'"),
+    ({"metrics": {"kernel": "full"}}, "'metrics.kernel' is 'full'"),
+    ({"experiments": ["nope"]}, "'experiments' names 'nope', which is not a sweep"),
+    ({"experiments": "w"}, "'experiments' is 'w'"),
+    ({"results": "../elsewhere"}, "'results'"),
+    ({"sweeps": {}}, "'sweeps' is empty"),
+]
+
+
+@pytest.mark.parametrize("update, message", BAD, ids=[m[:40] for _, m in BAD])
+def test_bad_config_names_the_key(update, message):
+    cfg = with_(update) if update.get("sweeps") != {} else {"sweeps": {}}
+    with pytest.raises(config.ConfigError) as info:
+        config.validate(cfg)
+    assert message in str(info.value)
+    assert "\n" not in str(info.value)  # one message, no traceback-like dump
+
+
+def test_non_mapping_config():
+    with pytest.raises(config.ConfigError, match="must be a mapping"):
+        config.validate(["width"])
+
+
+def test_load_reports_missing_and_malformed_files(tmp_path):
+    with pytest.raises(config.ConfigError, match="does not exist"):
+        config.load(tmp_path / "none.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("sweeps: {w: [unclosed\n")
+    with pytest.raises(config.ConfigError, match="not valid YAML"):
+        config.load(bad)
+
+
+def test_load_applies_overrides(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({**BASE, "sweeps": {"a": {}, "b": {}}}))
+    full = config.load(path, {"experiments": ["b"]})
+    assert sweep.active_sweeps(full) == ["b"]
+
+
+def test_sweep_points_normalise_shift_specific_keys():
+    full = config.validate({"sweeps": {"s": {"shift": ["conceptual", "frequency"],
+                                              "shared_classes": [0, 2], "alpha": [0.0, 0.5]}}})
+    points = {(p["shift"], p["shared_classes"], p["alpha"]) for p in sweep.sweep_points(full, "s")}
+    # conceptual ignores α (0), frequency keeps every class (k = 5)
+    assert points == {("conceptual", 0, 0.0), ("conceptual", 2, 0.0),
+                      ("frequency", 5, 0.0), ("frequency", 5, 0.5)}
+
+
+def test_runs_share_phase1_across_shifts():
+    full = config.validate({"sweeps": {"s": {"shared_classes": [0, 1, 2], "width": [32]}}})
+    runs = list(sweep.iter_runs(full))
+    assert len(runs) == 3 and len({r for r, _ in runs}) == 1
+
+
+def test_ids_round_trip_and_match_their_regex():
+    import re
+
+    full = config.validate(BASE)
+    for point in sweep.all_points(full):
+        rid, sid = sweep.run_id(point), sweep.shift_id(point)
+        assert re.fullmatch(sweep.id_regex(sweep.PHASE1_KEYS), rid)
+        assert re.fullmatch(sweep.id_regex(sweep.SHIFT_KEYS), sid)
+        assert {**sweep.parse_id(rid, sweep.PHASE1_KEYS),
+                **sweep.parse_id(sid, sweep.SHIFT_KEYS)} == point
+
+
+def test_effective_lr_scales_inversely_with_width_in_the_lazy_regime():
+    assert sweep.effective_lr(0.1, "feature", 1024, 256, 10.0) == 0.1
+    assert sweep.effective_lr(0.1, "lazy", 256, 256, 10.0) == pytest.approx(1.0)
+    assert sweep.effective_lr(0.1, "lazy", 1024, 256, 10.0) == pytest.approx(0.25)
+
+
+def test_source_hash_changes_with_the_code_a_rule_uses(tmp_path, monkeypatch):
+    from importlib import machinery
+
+    from ntkpipe import smk
+
+    package = tmp_path / "ntkpipe"
+    package.mkdir()
+    (package / "train.py").write_text("x = 1\n")
+    (package / "figures.py").write_text("y = 1\n")
+    spec = machinery.ModuleSpec("ntkpipe", None, is_package=True)
+    spec.submodule_search_locations = [str(package)]
+    monkeypatch.setattr(smk.util, "find_spec", lambda name: spec)
+    before = smk.source_hash("train")
+    (package / "figures.py").write_text("y = 2\n")
+    assert smk.source_hash("train") == before  # unrelated module: no rerun
+    (package / "train.py").write_text("x = 2\n")
+    assert smk.source_hash("train") != before

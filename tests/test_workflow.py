@@ -1,0 +1,117 @@
+"""The real workflow, end to end, on a tiny config in a temporary directory."""
+
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+import yaml
+
+REPO = Path(__file__).resolve().parents[1]
+SNAKEMAKE = Path(sys.executable).parent / "snakemake"
+
+TINY = {
+    "results": "out",
+    "probe": {"size": 20},
+    "train": {"batch_size": 32, "phase1": {"max_epochs": 3}, "phase2": {"epochs": 2},
+              "snapshots": {"log_points": 4, "dense_steps": 3}},
+    "ntk": {"kernels": ["trace", "per_layer"]},
+    "sweeps": {
+        "width": {"width": [16], "regime": ["lazy", "feature"]},
+        "similarity": {"shared_classes": [0, 5], "width": [16], "regime": ["lazy"]},
+    },
+}
+
+pytestmark = pytest.mark.slow
+
+
+def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return subprocess.run([str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "--directory",
+                           str(workdir), "--configfile", str(path), "--cores", "2", *args],
+                          capture_output=True, text=True, timeout=900)
+
+
+def jobs(dry_run_output: str) -> dict[str, int]:
+    """The job-stats table of a dry run, as {rule: count}."""
+    table = dry_run_output.split("Job stats:")[1]
+    return {m.group(1): int(m.group(2))
+            for m in re.finditer(r"^(\w+)\s+(\d+)$", table, flags=re.M) if m.group(1) != "total"}
+
+
+@pytest.fixture(scope="module")
+def workflow(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("workflow")
+    done = snakemake(workdir, TINY)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return workdir
+
+
+def test_summary_has_sweep_dimensions_and_named_metrics(workflow):
+    ds = xr.open_dataset(workflow / "out/summary/metrics.nc")
+    for name in ("spectral_norm", "kernel_distance", "kernel_velocity", "kernel_alignment"):
+        assert "step" in ds[name].dims and "width" in ds[name].dims
+    assert list(ds["regime"].values) == ["feature", "lazy"]
+    assert list(ds["shared_classes"].values) == [0, 5]
+    np.testing.assert_allclose(ds["similarity"].sel(classes_per_task=5).values, [0.0, 1.0])
+    run = ds.sel(width=16, regime="lazy", shared_classes=0, probe=1).squeeze()
+    norm = run["spectral_norm"].dropna("step")
+    assert len(norm) >= 5 and (norm > 0).all()
+    assert float(run["kernel_distance"].dropna("step")[0]) == pytest.approx(0.0, abs=1e-9)
+    assert np.isfinite(run["velocity_spike"].values).all()
+    assert run["accuracy_matrix"].shape == (2, 2)
+
+
+def test_per_run_files_carry_provenance(workflow):
+    ntk_files = sorted((workflow / "out/runs").rglob("ntk.nc"))
+    assert len(ntk_files) == 3
+    ds = xr.open_dataset(ntk_files[0])
+    for key in ("config_json", "wildcards_json", "ntkpipe_version", "git_commit",
+                "torch_version", "device", "seed", "Conventions"):
+        assert key in ds.attrs, key
+    assert ds["ntk_trace"].dims == ("probe", "step", "sample", "sample_j")
+    per_layer = ds["ntk_per_layer"].sum("layer")
+    np.testing.assert_allclose(per_layer.values, ds["ntk_trace"].values, rtol=1e-4, atol=1e-6)
+    assert list(ds["probe"].values) == [1, 2]
+    assert not list(workflow.rglob("*.tmp")), "temporary files left behind"
+
+
+def test_figures_are_pngs(workflow):
+    for name in ("metrics_by_width", "accuracy_by_task", "similarity_sweep"):
+        data = (workflow / f"out/figures/{name}.png").read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+
+
+def test_second_run_has_nothing_to_do(workflow):
+    again = snakemake(workflow, TINY)
+    assert again.returncode == 0
+    assert "Nothing to be done" in again.stdout + again.stderr
+
+
+def test_phase2_setting_never_retrains_phase1(workflow):
+    changed = {**TINY, "train": {**TINY["train"], "phase2": {"epochs": 3}}}
+    plan = jobs(snakemake(workflow, changed, "--dry-run").stdout)
+    assert "train_phase1" not in plan
+    assert plan["train_phase2"] == 3
+
+
+def test_adding_a_width_runs_only_that_width(workflow):
+    wider = {**TINY, "sweeps": {**TINY["sweeps"],
+                                "width": {"width": [16, 24], "regime": ["lazy", "feature"]}}}
+    out = snakemake(workflow, wider, "--dry-run")
+    plan = jobs(out.stdout)
+    assert plan == {"train_phase1": 2, "train_phase2": 2, "extract_ntk": 2, "metrics": 2,
+                    "collect": 1, "figures": 1, "all": 1}
+    assert "width~16" not in out.stdout.split("rule train_phase1")[1].split("\n\n")[0]
+
+
+def test_bad_config_stops_before_any_job(tmp_path):
+    bad = {**TINY, "sweeps": {"width": {"width": [0]}}}
+    out = snakemake(tmp_path, bad)
+    assert out.returncode == 1
+    assert "ntkpipe: invalid config: 'sweeps.width.width[0]'" in out.stderr
+    assert not (tmp_path / "out").exists()
