@@ -296,3 +296,17 @@ def test_task_split_round_trip_through_npz(tmp_path):
     _assert_same(split, back)
     assert back.similarity == split.similarity
     assert all(isinstance(c, int) for cls in back.classes for c in cls)
+
+
+def test_task_class_without_training_samples():
+    train = TRAIN[TRAIN != 7]
+    with pytest.raises(SplitError, match="no training samples"):
+        make_tasks(train, TEST, NUM_CLASSES, classes_per_task=5, probe_size=5)
+
+
+@pytest.mark.xfail(reason="BUG: make_tasks accepts probe task 0 (or negative) and builds it from "
+                          "classes[t - 1] = the LAST task's classes instead of raising",
+                   strict=True)
+def test_probe_task_numbers_are_one_based():
+    with pytest.raises(SplitError, match="probe"):
+        _tasks(probe_tasks=(0, 1))

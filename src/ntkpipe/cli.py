@@ -1,0 +1,181 @@
+"""The `ntkpipe` command: list runs and their status, show one run, describe the summary,
+validate a config, print the scorecard."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from ntkpipe import config as ntkconfig
+from ntkpipe import sweep
+
+STATUSES = ("done", "stale", "missing", "diverged")
+
+
+def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
+    text = [[str(r.get(c, "")) for c in columns] for r in rows]
+    widths = [max(len(c), *(len(t[i]) for t in text)) if text else len(c)
+              for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths))]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(t, widths)) for t in text]
+    return "\n".join(lines)
+
+
+def _emit(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None:
+    print(json.dumps(rows, indent=1, default=str) if as_json else _table(rows, columns))
+
+
+def run_status(results: Path, run: str, shift: str) -> dict[str, Any]:
+    """Status and final accuracies of one run from its files."""
+    base = results / "runs" / run
+    metrics_path = base / shift / "metrics.nc"
+    upstream = [base / "phase1.pt", base / shift / "phase2.pt", base / shift / "ntk.nc"]
+    info: dict[str, Any] = {"run": run, "shift": shift}
+    if not metrics_path.is_file():
+        info["status"] = "missing"
+        return info
+    newest = max((p.stat().st_mtime for p in upstream if p.is_file()), default=0.0)
+    info["status"] = "stale" if newest > metrics_path.stat().st_mtime else "done"
+    from ntkpipe import store
+
+    ds = store.open_netcdf(metrics_path)
+    if int(ds["diverged_step"]) >= 0:
+        info["status"] = "diverged"
+        info["diverged_step"] = int(ds["diverged_step"])
+    final = ds["accuracy_matrix"].isel(trained_task=-1).values
+    info["final_accuracy"] = [round(float(a), 4) for a in final]
+    info["boundary_step"] = [int(b) for b in ds["boundary_step"].values]
+    return info
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    cfg = ntkconfig.load(args.config)
+    results = Path(cfg["results"])
+    points = sweep.all_points(cfg)
+    varying = [k for k in sweep.SWEEP_KEYS if len({p[k] for p in points}) > 1]
+    rows = []
+    for point in points:
+        info = run_status(results, sweep.run_id(point), sweep.shift_id(point))
+        rows.append({**{k: point[k] for k in varying}, **info})
+    if args.status:
+        rows = [r for r in rows if r["status"] == args.status]
+    columns = varying + ["status", "final_accuracy"]
+    _emit(rows, columns, args.json)
+    if not args.json:
+        counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
+        print(f"\n{len(rows)} runs: " + ", ".join(f"{n} {s}" for s, n in counts.items() if n))
+    return 0
+
+
+def _find_run(results: Path, text: str) -> Path:
+    path = Path(text)
+    candidates = [path, results / "runs" / text, path / "metrics.nc", results / "runs" / text / "metrics.nc"]
+    for candidate in candidates:
+        if candidate.is_file() and candidate.name == "metrics.nc":
+            return candidate
+    raise SystemExit(f"ntkpipe: no metrics.nc for run {text!r} (give the run/shift path "
+                     f"under {results}/runs or the metrics.nc file)")
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    from ntkpipe import store
+
+    cfg = ntkconfig.load(args.config)
+    ds = store.open_netcdf(_find_run(Path(cfg["results"]), args.run))
+    steps = ds["step"].values
+    boundaries = [int(b) for b in ds["boundary_step"].values]
+    picks = {"start": int(steps[0]), **{f"boundary {i + 1}": b for i, b in enumerate(boundaries)},
+             "end": int(steps[-1])}
+    rows = []
+    for label, step in picks.items():
+        row: dict[str, Any] = {"at": label, "step": step}
+        for name in ("spectral_norm", "kernel_distance", "kernel_velocity", "kernel_alignment"):
+            row[name] = round(float(ds[name].sel(probe=ds["probe"].values[0], step=step)), 6)
+        row["test_accuracy"] = [round(float(a), 4) for a in ds["test_accuracy"].sel(step=step).values]
+        rows.append(row)
+    _emit(rows, list(rows[0]), args.json)
+    if not args.json:
+        for name in ("velocity_spike", "norm_dip", "recovery_steps", "alignment_deflection"):
+            values = ds[name].sel(probe=ds["probe"].values[0]).values
+            print(f"{name}: {', '.join(f'{v:.4g}' for v in values)}")
+    return 0
+
+
+def cmd_summary(args: argparse.Namespace) -> int:
+    from ntkpipe import store
+
+    cfg = ntkconfig.load(args.config)
+    path = Path(cfg["results"]) / "summary" / "metrics.nc"
+    ds = store.open_netcdf(path)
+    info = {"path": str(path), "runs": int(ds.attrs.get("runs", 0)),
+            "dims": {d: int(n) for d, n in ds.sizes.items()},
+            "sweep": {k: [v.item() if hasattr(v, "item") else v for v in ds[k].values]
+                      for k in sweep.SWEEP_KEYS if ds.sizes[k] > 1},
+            "variables": {n: list(ds[n].dims[len(sweep.SWEEP_KEYS):]) for n in ds.data_vars}}
+    if args.json:
+        print(json.dumps(info, indent=1))
+    else:
+        print(f"{info['path']}: {info['runs']} runs")
+        print("sweep: " + "; ".join(f"{k} = {v}" for k, v in info["sweep"].items()))
+        for name, dims in info["variables"].items():
+            print(f"  {name} ({', '.join(['<sweep>'] + dims)})")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    cfg = ntkconfig.load(args.config)
+    runs = list(sweep.iter_runs(cfg))
+    print(f"{args.config}: valid; {len(runs)} runs, {len({r for r, _ in runs})} phase-1 runs")
+    return 0
+
+
+def cmd_scorecard(args: argparse.Namespace) -> int:
+    import csv
+
+    cfg = ntkconfig.load(args.config)
+    path = Path(cfg["results"]) / "scorecard.csv"
+    if not path.is_file():
+        raise SystemExit(f"ntkpipe: {path} does not exist yet; run the workflow first")
+    with open(path, newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    _emit(rows, ["study", "claim", "statistic", "value", "threshold", "holds"], args.json)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of the `ntkpipe` command."""
+    top = argparse.ArgumentParser(prog="ntkpipe", description=__doc__)
+    sub = top.add_subparsers(dest="command", required=True)
+
+    def add(name: str, func, help_text: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        p.add_argument("--config", default="config.yaml", help="config file (default config.yaml)")
+        p.add_argument("--json", action="store_true", help="machine-readable output")
+        p.set_defaults(func=func)
+        return p
+
+    runs = add("runs", cmd_runs, "table of every run: parameters, status, final accuracies")
+    runs.add_argument("--status", choices=STATUSES, help="only runs with this status")
+    show = add("show", cmd_show, "one run's metrics at the start, each boundary and the end")
+    show.add_argument("run", help="run/shift path under results/runs, or a metrics.nc file")
+    add("summary", cmd_summary, "dimensions and variables of results/summary/metrics.nc")
+    add("validate", cmd_validate, "check a config and count its runs")
+    add("scorecard", cmd_scorecard, "the published claims checked on the results")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `ntkpipe` console script."""
+    args = parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ntkconfig.ConfigError as err:
+        print(f"ntkpipe: invalid config: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
