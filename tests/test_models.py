@@ -129,8 +129,9 @@ def test_conv_standard_equals_torch_conv():
 @pytest.mark.parametrize("arch", models.ARCHS)
 @pytest.mark.parametrize("regime", models.REGIMES)
 def test_build_model_output_shape_and_parametrisation(arch, regime):
-    model = build_model(arch, IN_SHAPE, 7, width=6, depth=2, activation="tanh", regime=regime,
-                        seed=0)
+    activation = "relu" if arch == "cnn-relu" else "tanh"  # cnn-relu is ReLU only
+    model = build_model(arch, IN_SHAPE, 7, width=6, depth=2, activation=activation,
+                        regime=regime, seed=0)
     out = model(torch.randn(4, *IN_SHAPE))
     assert out.shape == (4, 7)
     assert torch.isfinite(out).all()
@@ -189,8 +190,6 @@ def test_build_model_leaves_the_global_rng_alone():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
-@pytest.mark.xfail(reason="BUG: build_model calls torch.manual_seed, which reseeds every CUDA "
-                          "generator too, but restores only the CPU state", strict=True)
 def test_build_model_leaves_the_cuda_rng_alone():
     torch.cuda.manual_seed_all(1234)
     torch.rand(3, device="cuda")
@@ -243,9 +242,6 @@ def test_bad_arguments_raise_value_error(kw, match):
 
 
 @pytest.mark.filterwarnings("ignore:Initializing zero-element tensors")
-@pytest.mark.xfail(reason="BUG: build_model('cnn-relu') never validates width; width=0 raises "
-                          "ZeroDivisionError and negative widths a torch RuntimeError",
-                   raises=(ZeroDivisionError, RuntimeError), strict=True)
 @pytest.mark.parametrize("width", [0, -3])
 def test_cnn_relu_bad_width_raises_value_error(width):
     with pytest.raises(ValueError, match="width"):
@@ -253,8 +249,6 @@ def test_cnn_relu_bad_width_raises_value_error(width):
                     regime="lazy")
 
 
-@pytest.mark.xfail(reason="BUG: build_model('cnn-relu') ignores `activation`, so an unknown "
-                          "activation is accepted silently", strict=True)
 def test_cnn_relu_bad_activation_raises_value_error():
     with pytest.raises(ValueError, match="activation"):
         build_model("cnn-relu", IN_SHAPE, 3, width=4, depth=2, activation="bogus",

@@ -304,9 +304,6 @@ def test_task_class_without_training_samples():
         make_tasks(train, TEST, NUM_CLASSES, classes_per_task=5, probe_size=5)
 
 
-@pytest.mark.xfail(reason="BUG: make_tasks accepts probe task 0 (or negative) and builds it from "
-                          "classes[t - 1] = the LAST task's classes instead of raising",
-                   strict=True)
 def test_probe_task_numbers_are_one_based():
     with pytest.raises(SplitError, match="probe"):
         _tasks(probe_tasks=(0, 1))

@@ -114,10 +114,6 @@ def test_load_torch_random_bytes(tmp_path):
     assert str(path) in str(err.value)
 
 
-@pytest.mark.xfail(reason="BUG: store.load_torch formats the error with "
-                          "str(err).splitlines()[0]; torch raises EOFError('') on an empty file, "
-                          "so an IndexError escapes instead of CorruptFileError",
-                   raises=IndexError, strict=True)
 def test_load_torch_empty_file(tmp_path):
     (tmp_path / "empty.pt").write_bytes(b"")
     with pytest.raises(CorruptFileError, match="empty.pt"):

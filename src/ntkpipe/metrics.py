@@ -139,8 +139,10 @@ def reactivation_measures(steps: Any, boundary: int, *, velocity: Any, norm: Any
     norm_b = norm[b]
     later = norm[b:]
     dip_index = b + int(np.nanargmin(later[: window + 1])) if np.isfinite(later).any() else b
-    recovered = np.flatnonzero((np.arange(len(norm)) > dip_index)
-                               & (np.abs(norm - norm_b) <= tolerance * abs(norm_b)))
+    within = np.abs(norm - norm_b) <= tolerance * abs(norm_b)
+    # no dip beyond the tolerance: nothing to recover from (recovery 0)
+    recovered = [b] if within[dip_index] else \
+        np.flatnonzero((np.arange(len(norm)) > dip_index) & within)
     return {
         "velocity_spike": float(peak / baseline) if baseline > 0 else float("nan"),
         "velocity_peak": float(peak),

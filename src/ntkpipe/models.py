@@ -154,6 +154,10 @@ def make_cnn_relu(in_shape: Sequence[int], num_outputs: int, *, width: int = 32,
     """The `cnn-relu` of Cohen et al.'s edge-of-stability code: two 3×3 conv layers of `width`
     channels, each followed by ReLU and 2×2 max-pooling, then a linear readout."""
     c, h, w = in_shape
+    if width < 1:
+        raise ValueError(f"width must be ≥ 1, got {width}")
+    if h < 4 or w < 4:
+        raise ValueError(f"cnn-relu pools twice and needs images of at least 4×4, got {h}×{w}")
     layers: list[nn.Module] = [
         Conv2d(c, width, 3, padding=1, bias=bias, parametrization=parametrization,
                weight_std=math.sqrt(2.0), bias_std=bias_std),
@@ -174,10 +178,15 @@ def build_model(arch: str, in_shape: Sequence[int], num_outputs: int, *, width: 
     'feature' = standard parametrisation with Kaiming-uniform init)."""
     if regime not in REGIMES:
         raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
+    if activation not in ACTIVATIONS:
+        raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
+    if arch == "cnn-relu" and activation != "relu":
+        raise ValueError(f"cnn-relu is a ReLU network; activation must be 'relu', got {activation!r}")
     parametrization = "ntk" if regime == "lazy" else "standard"
-    generator_state = torch.random.get_rng_state()
-    torch.manual_seed(seed)
-    try:
+    # fork_rng restores every generator manual_seed touches (CPU and each CUDA device)
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
         if arch == "mlp":
             return make_mlp(math.prod(in_shape), width, depth, num_outputs,
                             activation=activation, parametrization=parametrization, bias=bias,
@@ -189,8 +198,6 @@ def build_model(arch: str, in_shape: Sequence[int], num_outputs: int, *, width: 
             return make_cnn_relu(in_shape, num_outputs, width=width,
                                  parametrization=parametrization, bias=bias, bias_std=bias_std)
         raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
-    finally:
-        torch.random.set_rng_state(generator_state)
 
 
 def parameter_count(model: nn.Module) -> int:

@@ -165,6 +165,8 @@ def make_tasks(train_labels: np.ndarray, test_labels: np.ndarray, num_classes: i
     """Build the whole task sequence of one run."""
     if not 0.0 <= alpha <= 1.0:
         raise SplitError(f"alpha must be in [0, 1], got {alpha}")
+    if any(t < 1 for t in probe_tasks):
+        raise SplitError(f"probe task numbers start at 1, got {list(probe_tasks)}")
     train_labels, test_labels = np.asarray(train_labels), np.asarray(test_labels)
     classes = task_classes(class_order(num_classes, order, seed), classes_per_task,
                            shared_classes, n_tasks, seed)

@@ -57,15 +57,26 @@ def load_torch(path: str | Path) -> Any:
     path = Path(path)
     if not path.is_file():
         raise CorruptFileError(f"{path}: file does not exist")
+    if path.stat().st_size == 0:
+        raise CorruptFileError(f"{path}: empty file (an interrupted write?)")
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         raise CorruptFileError(f"{path}: not a readable checkpoint (truncated or corrupted?): "
-                               f"{str(err).splitlines()[0]}") from None
+                               f"{_first_line(err)}") from None
     except Exception as err:  # weights_only refuses pickled code: name the file and the cause
-        cause = next((line.strip() for line in str(err).splitlines()
-                      if "WeightsUnpickler error" in line), str(err).splitlines()[0])
-        raise CorruptFileError(f"{path}: refused to load ({type(err).__name__}: {cause})") from None
+        raise CorruptFileError(f"{path}: refused to load ({type(err).__name__}: "
+                               f"{_first_line(err)})") from None
+
+
+def _first_line(err: BaseException) -> str:
+    """The informative line of an exception message (torch's weights_only errors bury it)."""
+    text = str(err)
+    marker = "WeightsUnpickler error:"
+    if marker in text:
+        text = text.split(marker, 1)[1]
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[0] if lines else type(err).__name__
 
 
 def write_netcdf(ds: Any, path: str | Path) -> None:
