@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import time
+import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
@@ -68,8 +69,9 @@ def load_split(path: str | Path) -> TaskSplit:
             return TaskSplit.from_arrays({k: arrays[k] for k in arrays.files})
     except FileNotFoundError:
         raise store.CorruptFileError(f"{path}: file does not exist") from None
-    except (OSError, ValueError, KeyError) as err:
-        raise store.CorruptFileError(f"{path}: not a readable split file: {err}") from None
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        raise store.CorruptFileError(f"{path}: not a readable split file (truncated or "
+                                     f"corrupted?): {err}") from None
 
 
 # ---- training --------------------------------------------------------------------------------

@@ -46,8 +46,10 @@ def save_torch(obj: Any, path: str | Path) -> None:
     """torch.save, atomically."""
     import torch
 
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    # A handle, not a name: torch names the zip's inner folder after a file name, and the
+    # temporary name is random, so saving by name would make the bytes differ run to run.
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(obj, handle)
 
 
 def load_torch(path: str | Path) -> Any:
