@@ -3,6 +3,8 @@
 
 configfile: "config.yaml"
 
+report: "workflow/report/workflow.rst"
+
 
 include: "workflow/rules/common.smk"
 include: "workflow/rules/data.smk"

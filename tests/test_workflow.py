@@ -115,3 +115,42 @@ def test_bad_config_stops_before_any_job(tmp_path):
     assert out.returncode == 1
     assert "ntkpipe: invalid config: 'sweeps.width.width[0]'" in out.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_report_declares_every_figure(workflow):
+    report = workflow / "report.html"
+    out = snakemake(workflow, TINY, "--report", str(report))
+    assert out.returncode == 0, out.stderr[-2000:]
+    html = report.read_text(errors="replace")
+    for name in ("metrics_by_width", "accuracy_by_task", "similarity_sweep"):
+        assert name in html
+
+
+def test_example_script_runs_on_the_summary(workflow, tmp_path):
+    png = tmp_path / "v.png"
+    out = subprocess.run([sys.executable, str(REPO / "examples/inspect_results.py"),
+                          str(workflow / "out/summary/metrics.nc"), "--width", "16",
+                          "--regime", "lazy", "--out", str(png)],
+                         capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "velocity spike" in out.stdout and png.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_cli_reports_runs_and_summary(workflow):
+    import json
+
+    cli = Path(sys.executable).parent / "ntkpipe"
+    (workflow / "config.yaml").write_text(yaml.safe_dump(TINY))
+    runs = subprocess.run([str(cli), "runs", "--config", "config.yaml", "--json"],
+                          cwd=workflow, capture_output=True, text=True, timeout=120)
+    assert runs.returncode == 0, runs.stderr
+    rows = json.loads(runs.stdout)
+    assert len(rows) == 3 and {r["status"] for r in rows} == {"done"}
+    assert all(len(r["final_accuracy"]) == 2 for r in rows)
+    summary = subprocess.run([str(cli), "summary", "--config", "config.yaml"], cwd=workflow,
+                             capture_output=True, text=True, timeout=120)
+    assert summary.returncode == 0 and "kernel_velocity" in summary.stdout
+    show = subprocess.run([str(cli), "show", rows[0]["run"] + "/" + rows[0]["shift"],
+                           "--config", "config.yaml"], cwd=workflow, capture_output=True,
+                          text=True, timeout=120)
+    assert show.returncode == 0 and "boundary 1" in show.stdout, show.stderr
