@@ -30,20 +30,20 @@ PROV = {"test": "1"}
 
 def run_all(root: Path, run=RUN, train=TRAIN) -> dict[str, Path]:
     """Every stage of one run, in `root`; returns the output paths."""
-    p = {name: root / name for name in ("data.pt", "task1.npz", "tasks.npz", "phase1.pt",
+    p = {name: root / name for name in ("data.npz", "task1.npz", "tasks.npz", "phase1.pt",
                                         "phase1_snapshots.pt", "phase2.pt",
                                         "phase2_snapshots.pt", "ntk.nc", "metrics.nc")}
-    stages.prepare_data("digits", None, p["data.pt"], provenance=PROV)
-    stages.make_split(p["data.pt"], p["task1.npz"], provenance=PROV,
+    stages.prepare_data("digits", None, p["data.npz"], provenance=PROV)
+    stages.make_split(p["data.npz"], p["task1.npz"], provenance=PROV,
                       split={**SPLIT, "n_tasks": 1, "probe_tasks": (1,)})
-    stages.make_split(p["data.pt"], p["tasks.npz"], provenance=PROV,
+    stages.make_split(p["data.npz"], p["tasks.npz"], provenance=PROV,
                       split={**SPLIT, "n_tasks": 2, "shared_classes": 1, "probe_tasks": (1, 2)})
-    stages.train_phase1(p["data.pt"], p["task1.npz"], p["phase1.pt"], p["phase1_snapshots.pt"],
+    stages.train_phase1(p["data.npz"], p["task1.npz"], p["phase1.pt"], p["phase1_snapshots.pt"],
                         run=run, train_cfg=train, model_cfg=MODEL, provenance=PROV)
-    stages.train_phase2(p["data.pt"], p["tasks.npz"], p["phase1.pt"], p["phase2.pt"],
+    stages.train_phase2(p["data.npz"], p["tasks.npz"], p["phase1.pt"], p["phase2.pt"],
                         p["phase2_snapshots.pt"], run=run, train_cfg=train, model_cfg=MODEL,
                         provenance=PROV)
-    stages.extract_ntk(p["data.pt"], p["tasks.npz"],
+    stages.extract_ntk(p["data.npz"], p["tasks.npz"],
                        [p["phase1_snapshots.pt"], p["phase2_snapshots.pt"]], p["ntk.nc"],
                        run=run, model_cfg=MODEL, ntk_cfg=NTK, provenance=PROV)
     stages.compute_metrics(p["ntk.nc"], p["metrics.nc"], metrics_cfg=METRICS, provenance=PROV)
@@ -63,13 +63,13 @@ def test_same_seed_same_bytes_for_every_output(reference, tmp_path):
 
 def test_sigkill_during_training_then_rerun_is_byte_identical(reference, tmp_path):
     """Phase 1 killed with SIGKILL after its first resumable state, then rerun."""
-    for name in ("data.pt", "task1.npz"):
+    for name in ("data.npz", "task1.npz"):
         (tmp_path / name).write_bytes(reference[name].read_bytes())
     slow = {**TRAIN, "checkpoint_every": 1}
     script = f"""
 import time, sys
 from ntkpipe import stages
-stages.train_phase1({str(tmp_path / 'data.pt')!r}, {str(tmp_path / 'task1.npz')!r},
+stages.train_phase1({str(tmp_path / 'data.npz')!r}, {str(tmp_path / 'task1.npz')!r},
     {str(tmp_path / 'phase1.pt')!r}, {str(tmp_path / 'phase1_snapshots.pt')!r},
     run={RUN!r}, train_cfg={slow!r}, model_cfg={MODEL!r}, provenance={PROV!r},
     log=lambda line: time.sleep(1.0))
@@ -84,7 +84,7 @@ stages.train_phase1({str(tmp_path / 'data.pt')!r}, {str(tmp_path / 'task1.npz')!
     proc.wait()
     assert not (tmp_path / "phase1.pt").exists()  # the kill left no half-written output
     lines = []
-    stages.train_phase1(tmp_path / "data.pt", tmp_path / "task1.npz", tmp_path / "phase1.pt",
+    stages.train_phase1(tmp_path / "data.npz", tmp_path / "task1.npz", tmp_path / "phase1.pt",
                         tmp_path / "phase1_snapshots.pt", run=RUN, train_cfg=slow,
                         model_cfg=MODEL, provenance=PROV, log=lines.append)
     assert lines[0].startswith("resumed from")
@@ -102,7 +102,7 @@ def test_divergence_is_recorded_downstream(tmp_path):
     assert len(ds["boundary_step"]) == 0  # task 2 was never trained
 
 
-@pytest.mark.parametrize("name", ["data.pt", "phase1.pt", "phase1_snapshots.pt", "ntk.nc",
+@pytest.mark.parametrize("name", ["data.npz", "phase1.pt", "phase1_snapshots.pt", "ntk.nc",
                                   "tasks.npz"])
 @pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
 def test_damaged_inputs_are_named(reference, tmp_path, name, damage):
@@ -110,7 +110,7 @@ def test_damaged_inputs_are_named(reference, tmp_path, name, damage):
     bad = tmp_path / name
     bad.write_bytes({"truncate": data[: len(data) // 2], "garbage": os.urandom(2048),
                      "empty": b""}[damage])
-    readers = {"data.pt": stages.load_data, "phase1.pt": store.load_torch,
+    readers = {"data.npz": stages.load_data, "phase1.pt": store.load_torch,
                "phase1_snapshots.pt": store.load_torch, "ntk.nc": store.open_netcdf,
                "tasks.npz": stages.load_split}
     with pytest.raises(store.CorruptFileError, match=str(bad).replace("~", r"\~")):

@@ -4,6 +4,7 @@ provenance, and the source hash that makes edited package code rerun the rules u
 from __future__ import annotations
 
 import hashlib
+import os
 import sys
 from importlib import util
 from pathlib import Path
@@ -31,14 +32,15 @@ def setup(snakemake: Any) -> tuple[Callable[[str], None], dict[str, str]]:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(log_path, "w", buffering=1)
     sys.stderr = handle
-    import torch
-
     from ntkpipe import store
 
-    torch.set_num_threads(max(1, int(snakemake.threads)))
+    # Read by torch (OpenMP / MKL) when a stage imports it; set here so jobs that never import
+    # torch do not pay for it.
+    for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ[name] = str(max(1, int(snakemake.threads)))
     params = {k: v for k, v in snakemake.params.items() if k != "code"}
     wildcards = dict(snakemake.wildcards.items())
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = "cpu"
     seed = params.get("run", {}).get("seed") if isinstance(params.get("run"), dict) else None
     prov = store.provenance(config=params, wildcards=wildcards, seed=seed, device=device,
                             workflow_dir=Path(snakemake.scriptdir))

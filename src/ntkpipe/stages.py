@@ -1,25 +1,30 @@
 """The pipeline's stages as functions of files. Each reads its inputs, computes with the pure
 modules, and writes its outputs atomically with provenance. The workflow scripts are thin
 adapters to these; a notebook can call them directly.
+
+torch is imported inside the stages that train or compute kernels only: the split and metrics
+jobs then start without it (its import costs ~1.5 s per job, and a sweep has hundreds of jobs).
 """
 
 from __future__ import annotations
 
 import json
 import time
-import zipfile
 from pathlib import Path
 from typing import Any, Callable
 
+from typing import TYPE_CHECKING
+
 import numpy as np
-import torch
 
 from ntkpipe import store
-from ntkpipe.data import load_dataset, normalise
-from ntkpipe.models import build_model
 from ntkpipe.splits import TaskSplit, make_tasks
 from ntkpipe.sweep import effective_lr
-from ntkpipe.train import Record, Schedule, TaskSpec, per_sample_loss, train_tasks
+
+if TYPE_CHECKING:
+    import torch
+
+    from ntkpipe.train import Record, Schedule
 
 Log = Callable[[str], None]
 
@@ -32,60 +37,69 @@ def _quiet(line: str) -> None:
 
 def prepare_data(name: str, root: str | None, out: str | Path, *,
                  provenance: dict[str, str]) -> None:
-    """Decode and normalise a dataset once (training-split statistics) into a tensor cache."""
+    """Decode and normalise a dataset once (training-split statistics) into an array cache."""
+    from ntkpipe.data import load_dataset, normalise
+
     x_train, y_train = load_dataset(name, root, train=True)
     x_test, y_test = load_dataset(name, root, train=False)
     (x_train, x_test), stats = normalise(x_train, x_test)
     num_classes = int(max(y_train.max(), y_test.max())) + 1
-    store.save_torch({"format": "ntkpipe.data/1", "name": name, "num_classes": num_classes,
-                      "x_train": x_train, "y_train": y_train, "x_test": x_test,
-                      "y_test": y_test, "normalisation_json": json.dumps(stats),
-                      "provenance": provenance}, out)
+    store.save_arrays({"x_train": x_train.numpy(), "y_train": y_train.numpy(),
+                       "x_test": x_test.numpy(), "y_test": y_test.numpy()}, out,
+                      meta={"format": "ntkpipe.data/1", "name": name,
+                            "num_classes": num_classes, "normalisation": stats,
+                            "provenance": provenance})
 
 
 def load_data(path: str | Path) -> dict[str, Any]:
-    """The tensor cache written by `prepare_data`."""
-    data = store.load_torch(path)
-    if not isinstance(data, dict) or data.get("format") != "ntkpipe.data/1":
+    """The array cache written by `prepare_data`: arrays plus its metadata keys."""
+    arrays, meta = store.load_arrays(path)
+    if meta.get("format") != "ntkpipe.data/1":
         raise store.CorruptFileError(f"{path}: not an ntkpipe data cache")
-    return data
+    return {**arrays, **meta}
+
+
+def _tensors(data: dict[str, Any], device: Any) -> dict[str, "torch.Tensor"]:
+    import torch
+
+    return {k: torch.from_numpy(data[k]).to(device)
+            for k in ("x_train", "y_train", "x_test", "y_test")}
 
 
 def make_split(data_path: str | Path, out: str | Path, *, split: dict[str, Any],
                provenance: dict[str, str]) -> TaskSplit:
     """Build the task sequence (see ntkpipe.splits.make_tasks) and save it as index lists."""
     data = load_data(data_path)
-    tasks = make_tasks(data["y_train"].numpy(), data["y_test"].numpy(), data["num_classes"],
-                       **split)
-    with store.atomic_path(out) as tmp, open(tmp, "wb") as handle:
-        np.savez(handle, **tasks.to_arrays(), provenance_json=np.array(json.dumps(provenance)))
+    tasks = make_tasks(data["y_train"], data["y_test"], data["num_classes"], **split)
+    store.save_arrays(tasks.to_arrays(), out, meta={"provenance": provenance})
     return tasks
 
 
 def load_split(path: str | Path) -> TaskSplit:
     """A split saved by `make_split`."""
+    arrays, _ = store.load_arrays(path)
     try:
-        with np.load(path, allow_pickle=False) as arrays:
-            return TaskSplit.from_arrays({k: arrays[k] for k in arrays.files})
-    except FileNotFoundError:
-        raise store.CorruptFileError(f"{path}: file does not exist") from None
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
-        raise store.CorruptFileError(f"{path}: not a readable split file (truncated or "
-                                     f"corrupted?): {err}") from None
+        return TaskSplit.from_arrays(arrays)
+    except (KeyError, ValueError) as err:
+        raise store.CorruptFileError(f"{path}: not an ntkpipe split file: {err}") from None
 
 
 # ---- training --------------------------------------------------------------------------------
 
 def make_model(data: dict[str, Any], run: dict[str, Any], model_cfg: dict[str, Any]
-               ) -> torch.nn.Module:
+               ) -> "torch.nn.Module":
     """The network of a run, at its initialisation."""
+    from ntkpipe.models import build_model
+
     return build_model(run["arch"], tuple(data["x_train"].shape[1:]), data["num_classes"],
                        width=run["width"], depth=run["depth"], activation=run["activation"],
                        regime=run["regime"], bias=model_cfg["bias"],
                        bias_std=model_cfg["bias_std"], seed=run["seed"])
 
 
-def _schedule(run: dict[str, Any], train_cfg: dict[str, Any]) -> Schedule:
+def _schedule(run: dict[str, Any], train_cfg: dict[str, Any]) -> "Schedule":
+    from ntkpipe.train import Schedule
+
     return Schedule(lr=effective_lr(run["lr"], run["regime"], run["width"],
                                     train_cfg["lazy_reference_width"], train_cfg["lazy_lr_scale"]),
                     loss=run["loss"], optimizer=run["optimizer"],
@@ -94,11 +108,13 @@ def _schedule(run: dict[str, Any], train_cfg: dict[str, Any]) -> Schedule:
                     checkpoint_every=train_cfg["checkpoint_every"])
 
 
-def _device() -> torch.device:
+def _device() -> "torch.device":
+    import torch
+
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _save_phase(record: Record, model: torch.nn.Module, optimizer_state: dict,
+def _save_phase(record: "Record", model: "torch.nn.Module", optimizer_state: dict,
                 checkpoint_out: str | Path, snapshots_out: str | Path, meta: dict) -> None:
     store.save_torch({**record.stacked(), **meta}, snapshots_out)
     store.save_torch({"format": "ntkpipe.checkpoint/1",
@@ -112,12 +128,18 @@ def train_phase1(data_path: str | Path, split_path: str | Path, checkpoint_out: 
                  model_cfg: dict[str, Any], provenance: dict[str, str],
                  log: Log = _quiet) -> Record:
     """Phase 1: train a fresh network on task 1 until it converges (or max_epochs)."""
+    import torch
+
+    from ntkpipe.train import TaskSpec, train_tasks
+
     data, split = load_data(data_path), load_split(split_path)
     device = _device()
+    provenance = {**provenance, "device": str(device)}
+    tensors = _tensors(data, device)
     model = make_model(data, run, model_cfg).to(device)
-    idx = torch.from_numpy(split.train[0])
+    idx = torch.from_numpy(split.train[0]).to(device)
     p1 = train_cfg["phase1"]
-    task = TaskSpec(1, data["x_train"][idx].to(device), data["y_train"][idx].to(device),
+    task = TaskSpec(1, tensors["x_train"][idx], tensors["y_train"][idx],
                     max_epochs=p1["max_epochs"], target_accuracy=p1["target_accuracy"],
                     min_epochs=p1["min_epochs"])
     resume = Path(str(checkpoint_out) + ".resume")
@@ -134,16 +156,21 @@ def train_phase2(data_path: str | Path, split_path: str | Path, checkpoint_in: s
                  train_cfg: dict[str, Any], model_cfg: dict[str, Any],
                  provenance: dict[str, str], log: Log = _quiet) -> Record:
     """Phase 2: start from the phase-1 checkpoint and train on tasks 2..n in turn."""
+    import torch
+
+    from ntkpipe.train import Record, TaskSpec, train_tasks
+
     data, split = load_data(data_path), load_split(split_path)
     start = store.load_torch(checkpoint_in)
     device = _device()
+    provenance = {**provenance, "device": str(device)}
+    tensors = _tensors(data, device)
     model = make_model(data, run, model_cfg).to(device)
     model.load_state_dict(start["model"])
     tasks = []
     for number in range(2, len(split.train) + 1):
-        idx = torch.from_numpy(split.train[number - 1])
-        tasks.append(TaskSpec(number, data["x_train"][idx].to(device),
-                              data["y_train"][idx].to(device),
+        idx = torch.from_numpy(split.train[number - 1]).to(device)
+        tasks.append(TaskSpec(number, tensors["x_train"][idx], tensors["y_train"][idx],
                               max_epochs=train_cfg["phase2"]["epochs"],
                               dense_steps=train_cfg["snapshots"]["dense_steps"]))
     meta = {"run_json": json.dumps(run, sort_keys=True), "provenance": provenance}
@@ -185,12 +212,16 @@ def _snapshots(paths: list[str | Path]) -> dict[str, Any]:
             "boundaries": boundaries, "diverged_step": diverged}
 
 
-@torch.no_grad()
-def _per_sample(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str
+def _per_sample(model: "torch.nn.Module", x: "torch.Tensor", y: "torch.Tensor", loss: str
                 ) -> tuple[np.ndarray, np.ndarray]:
     """Per-sample loss and correctness of a model on (x, y), in one pass."""
-    out = model(x)
-    losses = per_sample_loss(out, y, loss)
+    import torch
+
+    from ntkpipe.train import per_sample_loss
+
+    with torch.no_grad():
+        out = model(x)
+        losses = per_sample_loss(out, y, loss)
     return losses.double().cpu().numpy(), (out.argmax(1) == y).cpu().numpy()
 
 
@@ -206,8 +237,10 @@ def task_scores(losses: np.ndarray, correct: np.ndarray, labels: np.ndarray,
     return float(total_loss), float(total_acc)
 
 
-def _kernels(model: torch.nn.Module, x: torch.Tensor, kinds: list[str], dtype: torch.dtype,
-             max_memory: int) -> dict[str, np.ndarray]:
+def _kernels(model: "torch.nn.Module", x: "torch.Tensor", kinds: list[str],
+             dtype: "torch.dtype", max_memory: int) -> dict[str, np.ndarray]:
+    import torch
+
     from ntkpipe.ntk import empirical_ntk
 
     out: dict[str, torch.Tensor] = {}
@@ -230,20 +263,24 @@ def extract_ntk(data_path: str | Path, split_path: str | Path, snapshot_paths: l
                 out: str | Path, *, run: dict[str, Any], model_cfg: dict[str, Any],
                 ntk_cfg: dict[str, Any], provenance: dict[str, str], log: Log = _quiet) -> None:
     """Empirical NTK at every snapshot on each probe set, plus loss and accuracy per task."""
+    import torch
     import xarray as xr
+
     from ntkpipe.ntk import layer_names
 
     data, split = load_data(data_path), load_split(split_path)
     snaps = _snapshots(snapshot_paths)
     device = _device()
+    provenance = {**provenance, "device": str(device)}
     model = make_model(data, run, model_cfg).to(device).eval()
     dtype = torch.float64 if ntk_cfg["dtype"] == "float64" else torch.float32
     budget = int(ntk_cfg["max_memory_gb"] * 2**30)
     kinds = list(ntk_cfg["kernels"])
     probes = sorted(split.probe)
-    x_test, y_test = data["x_test"].to(device), data["y_test"].to(device)
-    x_train, y_train = data["x_train"].to(device), data["y_train"].to(device)
-    test_labels, train_labels = data["y_test"].numpy(), data["y_train"].numpy()
+    tensors = _tensors(data, device)
+    x_test, y_test, x_train, y_train = (tensors[k] for k in ("x_test", "y_test", "x_train",
+                                                             "y_train"))
+    test_labels, train_labels = data["y_test"], data["y_train"]
     n_tasks = len(split.classes)
     kernels: dict[str, list] = {k: [] for k in set(kinds) | {"trace"}}
     outputs, test_stats, train_stats = [], [], []
@@ -284,8 +321,7 @@ def extract_ntk(data_path: str | Path, split_path: str | Path, snapshot_paths: l
         "output": ("output", np.arange(num_outputs)),
         "output_j": ("output_j", np.arange(num_outputs)),
         "task": ("task", np.arange(1, n_tasks + 1)),
-        "label": (("probe", "sample"),
-                  np.stack([data["y_test"].numpy()[split.probe[p]] for p in probes]),
+        "label": (("probe", "sample"), np.stack([data["y_test"][split.probe[p]] for p in probes]),
                   {"long_name": "class of the probe sample"}),
         "probe_index": (("probe", "sample"), np.stack([split.probe[p] for p in probes]),
                         {"long_name": "index of the probe sample in the held-out split"}),

@@ -81,6 +81,37 @@ def _first_line(err: BaseException) -> str:
     return lines[0] if lines else type(err).__name__
 
 
+def save_arrays(arrays: dict[str, Any], path: str | Path, *,
+                meta: dict[str, Any] | None = None) -> None:
+    """numpy arrays (and JSON metadata) into an .npz file, atomically; no pickles inside."""
+    import numpy as np
+
+    payload = {**arrays, _META: np.array(json.dumps(meta or {}, sort_keys=True))}
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        np.savez(handle, **payload)
+
+
+def load_arrays(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """(arrays, metadata) of an .npz written by `save_arrays`; CorruptFileError names a bad
+    file."""
+    import numpy as np
+
+    path = Path(path)
+    if not path.is_file():
+        raise CorruptFileError(f"{path}: file does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            arrays = {k: npz[k] for k in npz.files}
+        meta = json.loads(str(arrays.pop(_META))) if _META in arrays else {}
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
+        raise CorruptFileError(f"{path}: not a readable array file (truncated or corrupted?): "
+                               f"{_first_line(err)}") from None
+    return arrays, meta
+
+
+_META = "__meta_json__"
+
+
 def write_netcdf(ds: Any, path: str | Path) -> None:
     """Write an xarray Dataset to NetCDF-4 atomically."""
     with atomic_path(path) as tmp:
@@ -120,12 +151,16 @@ def provenance(*, config: dict | None = None, wildcards: dict | None = None,
                workflow_dir: str | Path | None = None) -> dict[str, str]:
     """String attributes saying where an output came from (no timestamps: outputs stay
     byte-identical across reruns)."""
-    import torch
+    from importlib import metadata
 
+    try:  # from the package metadata: importing torch costs seconds in jobs that skip it
+        torch_version = metadata.version("torch")
+    except metadata.PackageNotFoundError:
+        torch_version = "not installed"
     return {
         "ntkpipe_version": ntkpipe.__version__,
         "git_commit": git_commit(workflow_dir),
-        "torch_version": str(torch.__version__),
+        "torch_version": torch_version,
         "device": device,
         "seed": "" if seed is None else str(seed),
         "config_json": json.dumps(config or {}, sort_keys=True, default=str),

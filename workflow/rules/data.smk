@@ -1,7 +1,7 @@
 rule prepare_data:
     """Decode and normalise a dataset once; every run reads this cache."""
     output:
-        f"{R}/data/{{dataset}}.pt",
+        f"{R}/data/{{dataset}}.npz",
     log:
         f"{R}/logs/prepare_data/{{dataset}}.log",
     params:
@@ -14,7 +14,7 @@ rule prepare_data:
 rule split_task1:
     """Task 1 of a split: shared by every shift built on it."""
     input:
-        data=lambda wc: f"{R}/data/{ntksweep.parse_id(wc.split, ntksweep.SPLIT_KEYS)['dataset']}.pt",
+        data=lambda wc: f"{R}/data/{ntksweep.parse_id(wc.split, ntksweep.SPLIT_KEYS)['dataset']}.npz",
     output:
         f"{R}/splits/{{split}}/task1.npz",
     log:
@@ -31,7 +31,7 @@ rule split_task1:
 rule split_tasks:
     """The whole task sequence of a shift (task 1 identical to task1.npz by construction)."""
     input:
-        data=lambda wc: f"{R}/data/{ntksweep.parse_id(wc.split, ntksweep.SPLIT_KEYS)['dataset']}.pt",
+        data=lambda wc: f"{R}/data/{ntksweep.parse_id(wc.split, ntksweep.SPLIT_KEYS)['dataset']}.npz",
     output:
         f"{R}/splits/{{split}}/{{shift}}/tasks.npz",
     log:

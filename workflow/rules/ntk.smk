@@ -1,7 +1,7 @@
 rule extract_ntk:
     """Empirical NTK at every snapshot of both phases, on each probe set."""
     input:
-        data=lambda wc: f"{R}/data/{run_params(wc)['dataset']}.pt",
+        data=lambda wc: f"{R}/data/{run_params(wc)['dataset']}.npz",
         split=lambda wc: f"{R}/splits/{split_of(wc)}/{wc.shift}/tasks.npz",
         phase1=f"{R}/runs/{{run}}/phase1_snapshots.pt",
         phase2=f"{R}/runs/{{run}}/{{shift}}/phase2_snapshots.pt",

@@ -1,7 +1,7 @@
 rule train_phase1:
     """Train task 1 to convergence; one run serves every shift built on it."""
     input:
-        data=lambda wc: f"{R}/data/{run_params(wc)['dataset']}.pt",
+        data=lambda wc: f"{R}/data/{run_params(wc)['dataset']}.npz",
         split=lambda wc: f"{R}/splits/{split_of(wc)}/task1.npz",
     output:
         checkpoint=f"{R}/runs/{{run}}/phase1.pt",
@@ -25,7 +25,7 @@ rule train_phase1:
 rule train_phase2:
     """Continue from the phase-1 checkpoint on tasks 2..n."""
     input:
-        data=lambda wc: f"{R}/data/{run_params(wc)['dataset']}.pt",
+        data=lambda wc: f"{R}/data/{run_params(wc)['dataset']}.npz",
         split=lambda wc: f"{R}/splits/{split_of(wc)}/{wc.shift}/tasks.npz",
         checkpoint=f"{R}/runs/{{run}}/phase1.pt",
     output:
