@@ -1,7 +1,11 @@
 # ntkpipe: empirical NTK dynamics under task shifts. This file is a table of contents:
 # the stages live in workflow/rules/, the science in src/ntkpipe/.
 
-configfile: "config.yaml"
+# config.yaml is the default; a config given with --configfile stands on its own (keys it
+# leaves out take the schema's defaults) instead of merging into config.yaml's sweeps.
+if not workflow.overwrite_configfiles:
+
+    configfile: "config.yaml"
 
 report: "workflow/report/workflow.rst"
 
@@ -19,3 +23,4 @@ rule all:
     input:
         summary=SUMMARY,
         figures=FIGURES,
+        scorecard=f"{R}/scorecard.csv",

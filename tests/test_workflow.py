@@ -154,3 +154,20 @@ def test_cli_reports_runs_and_summary(workflow):
                            "--config", "config.yaml"], cwd=workflow, capture_output=True,
                           text=True, timeout=120)
     assert show.returncode == 0 and "boundary 1" in show.stdout, show.stderr
+
+
+def test_cli_stale_status_follows_snakemake(workflow):
+    import json
+
+    cli = Path(sys.executable).parent / "ntkpipe"
+
+    def statuses(config):
+        (workflow / "config.yaml").write_text(yaml.safe_dump(config))
+        out = subprocess.run([str(cli), "runs", "--json", "--snakefile", str(REPO / "Snakefile")],
+                             cwd=workflow, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr
+        return {r["status"] for r in json.loads(out.stdout)}
+
+    assert statuses(TINY) == {"done"}
+    assert statuses({**TINY, "train": {**TINY["train"], "phase2": {"epochs": 3}}}) == {"stale"}
+    (workflow / "config.yaml").write_text(yaml.safe_dump(TINY))

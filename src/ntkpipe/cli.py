@@ -28,8 +28,26 @@ def _emit(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None
     print(json.dumps(rows, indent=1, default=str) if as_json else _table(rows, columns))
 
 
-def run_status(results: Path, run: str, shift: str) -> dict[str, Any]:
-    """Status and final accuracies of one run from its files."""
+def snakemake_plan(config_path: str, snakefile: Path) -> dict[str, str] | None:
+    """{output path: 'update pending' | 'no update'} from `snakemake --summary`, i.e.
+    Snakemake's own view of what is stale (changed params, code, inputs); None if it fails."""
+    import subprocess
+
+    command = [str(Path(sys.executable).parent / "snakemake"), "--snakefile", str(snakefile),
+               "--configfile", config_path, "--summary", "--quiet", "all"]
+    try:
+        out = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if out.returncode != 0:
+        return None
+    rows = [line.split("\t") for line in out.stdout.splitlines()[1:]]
+    return {row[0]: row[-1] for row in rows if len(row) >= 6}
+
+
+def run_status(results: Path, run: str, shift: str,
+               plan: dict[str, str] | None = None) -> dict[str, Any]:
+    """Status and final accuracies of one run from its files (and Snakemake's plan)."""
     base = results / "runs" / run
     metrics_path = base / shift / "metrics.nc"
     upstream = [base / "phase1.pt", base / shift / "phase2.pt", base / shift / "ntk.nc"]
@@ -37,8 +55,11 @@ def run_status(results: Path, run: str, shift: str) -> dict[str, Any]:
     if not metrics_path.is_file():
         info["status"] = "missing"
         return info
-    newest = max((p.stat().st_mtime for p in upstream if p.is_file()), default=0.0)
-    info["status"] = "stale" if newest > metrics_path.stat().st_mtime else "done"
+    if plan is not None and str(metrics_path) in plan:
+        info["status"] = "stale" if plan[str(metrics_path)] == "update pending" else "done"
+    else:  # no Snakefile at hand: compare modification times
+        newest = max((p.stat().st_mtime for p in upstream if p.is_file()), default=0.0)
+        info["status"] = "stale" if newest > metrics_path.stat().st_mtime else "done"
     from ntkpipe import store
 
     ds = store.open_netcdf(metrics_path)
@@ -56,9 +77,11 @@ def cmd_runs(args: argparse.Namespace) -> int:
     results = Path(cfg["results"])
     points = sweep.all_points(cfg)
     varying = [k for k in sweep.SWEEP_KEYS if len({p[k] for p in points}) > 1]
+    snakefile = Path(args.snakefile)
+    plan = snakemake_plan(args.config, snakefile) if snakefile.is_file() else None
     rows = []
     for point in points:
-        info = run_status(results, sweep.run_id(point), sweep.shift_id(point))
+        info = run_status(results, sweep.run_id(point), sweep.shift_id(point), plan)
         rows.append({**{k: point[k] for k in varying}, **info})
     if args.status:
         rows = [r for r in rows if r["status"] == args.status]
@@ -159,6 +182,9 @@ def parser() -> argparse.ArgumentParser:
 
     runs = add("runs", cmd_runs, "table of every run: parameters, status, final accuracies")
     runs.add_argument("--status", choices=STATUSES, help="only runs with this status")
+    runs.add_argument("--snakefile", default="Snakefile",
+                      help="workflow whose plan decides 'stale' (default ./Snakefile; without "
+                           "one, a run is stale when an input is newer than its metrics)")
     show = add("show", cmd_show, "one run's metrics at the start, each boundary and the end")
     show.add_argument("run", help="run/shift path under results/runs, or a metrics.nc file")
     add("summary", cmd_summary, "dimensions and variables of results/summary/metrics.nc")

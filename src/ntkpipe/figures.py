@@ -61,6 +61,12 @@ def relative_curves(ds: Any, variable: str, probe: int = 1) -> tuple[np.ndarray,
     return grid, table
 
 
+def diverged_note(ds: Any) -> str:
+    """' (k diverged)' when runs in `ds` diverged (they plot only up to the divergence)."""
+    count = int((ds["diverged_step"] >= 0).sum()) if "diverged_step" in ds else 0
+    return f" ({count} diverged)" if count else ""
+
+
 def _band(ax: Any, x: np.ndarray, table: np.ndarray, label: str, color: Any) -> None:
     with np.errstate(all="ignore"):
         import warnings
@@ -80,30 +86,107 @@ def _boundary_axis(ax: Any) -> None:
     ax.set_xlabel("steps since task boundary")
 
 
-def metrics_by_width(ds: Any, path: str | Path) -> None:
-    """The four metrics around the boundary: one row per regime, one line per width."""
-    plt = _pyplot()
-    ds = select(ds, ("regime", "width", "seed"), shift="conceptual", shared_classes=0,
-                n_tasks=2)
-    regimes = [r for r in ds["regime"].values if _has_data(ds["spectral_norm"].sel(regime=r))]
-    fig, axes = plt.subplots(len(regimes), 4, figsize=(16, 3.4 * len(regimes)), squeeze=False)
-    colors = plt.cm.viridis(np.linspace(0, 0.9, ds.sizes["width"]))
-    for row, regime in zip(axes, regimes):
-        for (name, title), ax in zip(METRICS.items(), row):
-            for width, color in zip(ds["width"].values, colors):
-                x, table = relative_curves(ds.sel(regime=regime, width=width), name)
-                if len(x):
-                    _band(ax, x, table, f"width {width}", color)
-            _boundary_axis(ax)
-            ax.set_title(f"{title}\n{REGIME_NAMES.get(str(regime), regime)}", fontsize=9)
-            if name == "kernel_velocity":
-                ax.set_yscale("log")
-        row[0].legend(fontsize=8)
-    fig.suptitle("NTK on task-1 probe data across a class-incremental task shift "
-                 "(mean and min–max over seeds)")
+def _metric_panel(ax: Any, name: str, regime: Any) -> None:
+    _boundary_axis(ax)
+    ax.set_title(f"{METRICS[name]}\n{REGIME_NAMES.get(str(regime), regime)}", fontsize=9)
+    if name == "kernel_velocity":
+        ax.set_yscale("log")
+
+
+def _finish(fig: Any, title: str, path: str | Path) -> None:
+    fig.suptitle(title)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _pyplot().close(fig)
+
+
+def curves(ds: Any, path: str | Path, *, line: str, title: str,
+           metrics: tuple[str, ...] = tuple(METRICS), **fixed: Any) -> None:
+    """Metrics against steps since the first boundary: one row per regime, one line per value
+    of `line`, mean and min–max over seeds; later boundaries dotted."""
+    plt = _pyplot()
+    ds = select(ds, ("regime", line, "seed"), **fixed)
+    regimes = [r for r in ds["regime"].values if _has_data(ds["spectral_norm"].sel(regime=r))]
+    if not regimes:
+        raise ValueError(f"no runs for this figure ({title}); is its sweep in the config?")
+    fig, axes = plt.subplots(len(regimes), len(metrics), figsize=(4 * len(metrics),
+                             3.4 * len(regimes)), squeeze=False)
+    colors = plt.cm.viridis(np.linspace(0, 0.9, ds.sizes[line]))
+    for row, regime in zip(axes, regimes):
+        for name, ax in zip(metrics, row):
+            for value, color in zip(ds[line].values, colors):
+                one = ds.sel(regime=regime, **{line: value})
+                x, table = relative_curves(one, name)
+                if len(x):
+                    _band(ax, x, table, f"{line} {value}{diverged_note(one)}", color)
+                    _later_boundaries(ax, one)
+            _metric_panel(ax, name, regime)
+        row[0].legend(fontsize=8)
+    _finish(fig, title, path)
+
+
+def _later_boundaries(ax: Any, one: Any) -> None:
+    """Dotted lines at boundaries after the first (task sequences), relative to the first."""
+    if "boundary" not in one.dims or one.sizes["boundary"] < 2:
+        return
+    steps = one["boundary_step"].values.reshape(-1, one.sizes["boundary"]) \
+        if one["boundary_step"].ndim > 1 else one["boundary_step"].values[None]
+    for row in steps:
+        if np.isfinite(row).all():
+            for b in row[1:]:
+                ax.axvline(b - row[0], color="grey", ls=":", lw=0.8)
+            return
+
+
+def metrics_by_width(ds: Any, path: str | Path) -> None:
+    """The four metrics around the boundary: one row per regime, one line per width."""
+    curves(ds, path, line="width", shift="conceptual", shared_classes=0, n_tasks=2,
+           title="NTK on task-1 probe data across a class-incremental task shift "
+                 "(mean and min–max over seeds)")
+
+
+def frequency_shift(ds: Any, path: str | Path) -> None:
+    """Frequency shifts (lines per α) beside the class-incremental shift."""
+    plt = _pyplot()
+    freq = select(ds, ("regime", "alpha", "seed"), shift="frequency", n_tasks=2)
+    concept = select(ds, ("regime", "seed"), shift="conceptual", shared_classes=0, n_tasks=2)
+    regimes = [r for r in freq["regime"].values if _has_data(freq["spectral_norm"].sel(regime=r))]
+    names = ("spectral_norm", "kernel_velocity", "kernel_alignment")
+    fig, axes = plt.subplots(len(regimes), len(names), figsize=(4.2 * len(names),
+                             3.4 * len(regimes)), squeeze=False)
+    colors = plt.cm.plasma(np.linspace(0, 0.85, freq.sizes["alpha"]))
+    for row, regime in zip(axes, regimes):
+        for name, ax in zip(names, row):
+            for alpha, color in zip(freq["alpha"].values, colors):
+                one = freq.sel(regime=regime, alpha=alpha)
+                x, table = relative_curves(one, name)
+                if len(x):
+                    _band(ax, x, table, f"frequency α={alpha:g}{diverged_note(one)}", color)
+            if regime in concept["regime"].values:
+                x, table = relative_curves(concept.sel(regime=regime), name)
+                if len(x):
+                    _band(ax, x, table, "class-incremental", "k")
+            _metric_panel(ax, name, regime)
+        row[0].legend(fontsize=7)
+    _finish(fig, "Frequency shift (same classes, proportions D_α) vs class-incremental "
+                 "shift", path)
+
+
+def learning_rate(ds: Any, path: str | Path) -> None:
+    """The checkmark for each learning rate."""
+    curves(ds, path, line="lr", shift="conceptual", shared_classes=0, n_tasks=2,
+           metrics=("spectral_norm", "kernel_velocity", "kernel_distance"),
+           title="Learning rate and the checkmark (class-incremental shift)")
+
+
+def task_sequence(ds: Any, path: str | Path) -> None:
+    """A sequence of more than two tasks: reactivation at every boundary."""
+    longest = int(ds["n_tasks"].max())
+    if longest < 3:
+        raise ValueError("no sequence of ≥ 3 tasks in the summary; add a sweep with n_tasks ≥ 3")
+    curves(ds, path, line="width", n_tasks=longest,
+           metrics=("spectral_norm", "kernel_velocity", "kernel_alignment"),
+           title=f"A sequence of {longest} tasks (boundaries after the first dotted)")
 
 
 def accuracy_by_task(ds: Any, path: str | Path) -> None:
@@ -127,10 +210,7 @@ def accuracy_by_task(ds: Any, path: str | Path) -> None:
             ax.set_ylim(0, 1.02)
         row[0].set_ylabel("held-out accuracy")
         row[0].legend(fontsize=8)
-    fig.suptitle("Accuracy per task: task 1 is forgotten as task 2 is learnt")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, "Accuracy per task: task 1 is forgotten as task 2 is learnt", path)
 
 
 def similarity_sweep(ds: Any, path: str | Path) -> None:
@@ -157,30 +237,45 @@ def similarity_sweep(ds: Any, path: str | Path) -> None:
                 mean, std = np.nanmean(values, 1), np.nanstd(values, 1)
             ok = np.isfinite(mean)
             ax.errorbar(similarity[ok], mean[ok], yerr=std[ok], marker="o", capsize=3,
-                        label=str(regime), color=f"C{i}")
+                        label=f"{regime}{diverged_note(ds.sel(regime=regime))}",
+                        color=f"C{i}")
         ax.set_xlabel("similarity |C₁∩C₂| / |C₁∪C₂|")
         ax.set_title(title, fontsize=9)
     axes[0].legend(fontsize=8)
-    fig.suptitle("Reactivation shrinks as task 2 shares more classes with task 1 "
-                 "(mean ± sd over seeds)")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    _finish(fig, "Reactivation shrinks as task 2 shares more classes with task 1 "
+                 "(mean ± sd over seeds)", path)
 
 
 FIGURES = {"metrics_by_width": metrics_by_width, "accuracy_by_task": accuracy_by_task,
-           "similarity_sweep": similarity_sweep}
+           "similarity_sweep": similarity_sweep, "frequency_shift": frequency_shift,
+           "learning_rate": learning_rate, "task_sequence": task_sequence}
+
+
+def applicable(points: list[dict[str, Any]]) -> list[str]:
+    """The figures a set of runs can fill (a figure needs its sweep among the runs)."""
+    names = ["metrics_by_width", "accuracy_by_task"]
+    conceptual = [p for p in points if p["shift"] == "conceptual" and p["n_tasks"] == 2]
+    if len({p["shared_classes"] for p in conceptual}) >= 3:
+        names.append("similarity_sweep")
+    if any(p["shift"] == "frequency" for p in points):
+        names.append("frequency_shift")
+    if len({p["lr"] for p in conceptual}) >= 2:
+        names.append("learning_rate")
+    if any(p["n_tasks"] >= 3 for p in points):
+        names.append("task_sequence")
+    return names
 
 
 def draw_all(summary_path: str | Path, outputs: list[str | Path]) -> None:
     """Draw each requested figure (its file name names it) atomically from the summary."""
     from ntkpipe import store
 
+    unknown = [Path(out).stem for out in outputs if Path(out).stem not in FIGURES]
+    if unknown:
+        raise ValueError(f"unknown figure {unknown[0]!r}; known: {', '.join(FIGURES)}")
     ds = store.open_netcdf(summary_path)
     for out in outputs:
         name = Path(out).stem
-        if name not in FIGURES:
-            raise ValueError(f"unknown figure {name!r}; known: {', '.join(FIGURES)}")
         with store.atomic_path(out) as tmp:
             FIGURES[name](ds, tmp.with_suffix(".png"))
             tmp.with_suffix(".png").replace(tmp)

@@ -36,12 +36,14 @@ def _quiet(line: str) -> None:
 # ---- data and splits ------------------------------------------------------------------------
 
 def prepare_data(name: str, root: str | None, out: str | Path, *,
-                 provenance: dict[str, str]) -> None:
+                 provenance: dict[str, str], download: bool = False,
+                 image_size: int = 64) -> None:
     """Decode and normalise a dataset once (training-split statistics) into an array cache."""
     from ntkpipe.data import load_dataset, normalise
 
-    x_train, y_train = load_dataset(name, root, train=True)
-    x_test, y_test = load_dataset(name, root, train=False)
+    options = {"image_size": image_size} if name == "imagefolder" else {}
+    x_train, y_train = load_dataset(name, root, train=True, download=download, **options)
+    x_test, y_test = load_dataset(name, root, train=False, download=download, **options)
     (x_train, x_test), stats = normalise(x_train, x_test)
     num_classes = int(max(y_train.max(), y_test.max())) + 1
     store.save_arrays({"x_train": x_train.numpy(), "y_train": y_train.numpy(),

@@ -3,6 +3,7 @@
 import sys
 
 import ntkpipe.config as ntkconfig
+import ntkpipe.figures as ntkfigures
 import ntkpipe.smk as ntksmk
 import ntkpipe.sweep as ntksweep
 
@@ -22,7 +23,7 @@ wildcard_constraints:
 RUNS = sorted(set(ntksweep.iter_runs(config)))
 METRICS = [f"{R}/runs/{run}/{shift}/metrics.nc" for run, shift in RUNS]
 SUMMARY = f"{R}/summary/metrics.nc"
-FIGURE_NAMES = ["metrics_by_width", "accuracy_by_task", "similarity_sweep"]
+FIGURE_NAMES = ntkfigures.applicable(ntksweep.all_points(config))
 FIGURES = [f"{R}/figures/{name}.png" for name in FIGURE_NAMES]
 
 

@@ -6,6 +6,8 @@ rule prepare_data:
         f"{R}/logs/prepare_data/{{dataset}}.log",
     params:
         root=config["dataset"]["root"],
+        download=config["dataset"]["download"],
+        image_size=config["dataset"]["image_size"],
         code=ntksmk.source_hash("data", "stages", "store"),
     script:
         "../scripts/prepare_data.py"
