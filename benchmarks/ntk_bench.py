@@ -166,6 +166,8 @@ def main() -> None:
     parser.add_argument("--readme", type=Path, help="write the table into this Markdown file")
     parser.add_argument("--ref-limit", type=float, default=None,
                         help="skip torch.func cases estimated to take longer (s)")
+    parser.add_argument("--only", help="run only the cases whose name contains this text "
+                                       "(e.g. 'cnn')")
     parser.add_argument("--case", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
@@ -181,6 +183,8 @@ def main() -> None:
     engine_times: dict[str, float] = {}
     for case in cases(args.quick):
         name = describe(case)
+        if args.only and args.only not in name:
+            continue
         if case["impl"] == "torch.func":
             est_s, est_b = reference_estimate(case, machine_gflops)
             if est_s > ref_limit or est_b > 0.6 * avail:
