@@ -40,9 +40,11 @@ def env(tmp_path, monkeypatch):
     return tmp_path / "locks"
 
 
-def holder(n_fake: int, n_gpus: int = 1, timeout: float | None = None) -> subprocess.Popen:
+def holder(n_fake: int, n_gpus: int = 1, timeout: float = 60) -> subprocess.Popen:
+    """A job process claiming `n_gpus` of `n_fake` devices (giving up after `timeout` s)."""
     env = {**os.environ, gpu.FAKE_ENV: str(n_fake)}
-    args = [sys.executable, "-c", HOLDER, str(n_gpus)] + ([] if timeout is None else [str(timeout)])
+    env.pop("CUDA_VISIBLE_DEVICES", None)  # a fresh job, not a child of a slot holder
+    args = [sys.executable, "-c", HOLDER, str(n_gpus), str(timeout)]
     return subprocess.Popen(args, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
                             env=env)
 

@@ -80,10 +80,21 @@ def test_per_run_files_carry_provenance(workflow):
     assert not list(workflow.rglob("*.tmp")), "temporary files left behind"
 
 
-def test_figures_are_pngs(workflow):
-    for name in ("metrics_by_width", "accuracy_by_task", "similarity_sweep"):
+def test_figures_and_scorecard(workflow):
+    import csv
+
+    from ntkpipe import figures, sweep
+    from ntkpipe.config import validate
+
+    expected = figures.applicable(sweep.all_points(validate(TINY)))
+    assert sorted(p.stem for p in (workflow / "out/figures").glob("*.png")) == sorted(expected)
+    for name in expected:
         data = (workflow / f"out/figures/{name}.png").read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 10_000
+    with open(workflow / "out/scorecard.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert rows and {r["holds"] for r in rows} <= {"true", "false", "untested"}
+    assert any(r["claim"].startswith("1.") and r["holds"] != "untested" for r in rows)
 
 
 def test_second_run_has_nothing_to_do(workflow):
@@ -105,7 +116,7 @@ def test_adding_a_width_runs_only_that_width(workflow):
     out = snakemake(workflow, wider, "--dry-run")
     plan = jobs(out.stdout)
     assert plan == {"train_phase1": 2, "train_phase2": 2, "extract_ntk": 2, "metrics": 2,
-                    "collect": 1, "figures": 1, "all": 1}
+                    "collect": 1, "figures": 1, "scorecard": 1, "all": 1}
     assert "width~16" not in out.stdout.split("rule train_phase1")[1].split("\n\n")[0]
 
 
@@ -122,7 +133,7 @@ def test_report_declares_every_figure(workflow):
     out = snakemake(workflow, TINY, "--report", str(report))
     assert out.returncode == 0, out.stderr[-2000:]
     html = report.read_text(errors="replace")
-    for name in ("metrics_by_width", "accuracy_by_task", "similarity_sweep"):
+    for name in ("metrics_by_width", "accuracy_by_task", "scorecard"):
         assert name in html
 
 

@@ -25,14 +25,32 @@ def source_hash(*modules: str) -> str:
     return digest.hexdigest()[:16]
 
 
+# The GPU slot of this job's process. Its flock is held until the process ends (normally, by
+# an exception, or killed): the kernel releases it, so nothing needs to run at exit.
+GPU_SLOT = None
+
+
 def setup(snakemake: Any) -> tuple[Callable[[str], None], dict[str, str]]:
-    """Route stderr to the job's log, set torch's threads, and build the provenance of the
-    job's outputs (its params and wildcards). Returns (log function, provenance)."""
+    """Route stderr to the job's log, take a GPU slot for rules with `resources: gpu`, set
+    torch's threads, and build the provenance of the job's outputs (its params and wildcards).
+    Returns (log function, provenance)."""
+    global GPU_SLOT
     log_path = Path(snakemake.log[0])
     log_path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(log_path, "w", buffering=1)
     sys.stderr = handle
-    from ntkpipe import store
+    from ntkpipe import gpu, store
+
+    # Before anything touches CUDA: the slot sets CUDA_VISIBLE_DEVICES to the chosen device
+    # (the job sees it as cuda:0). Under SLURM, SLURM's choice stands and no lock is taken. A
+    # job that asked for no GPU (or ran with --resources gpu=0) sees none.
+    n_gpus = int(snakemake.resources.get("gpu", 0) or 0)
+    if n_gpus > 0 and GPU_SLOT is None:
+        print(f"waiting for {n_gpus} GPU slot(s)", file=handle, flush=True)
+        GPU_SLOT = gpu.claim(n_gpus)
+        print(f"GPU slot: {GPU_SLOT.describe()}", file=handle, flush=True)
+    elif n_gpus == 0:
+        os.environ["CUDA_VISIBLE_DEVICES"] = ""
 
     # Read by torch (OpenMP / MKL) when a stage imports it; set here so jobs that never import
     # torch do not pay for it.
@@ -44,6 +62,8 @@ def setup(snakemake: Any) -> tuple[Callable[[str], None], dict[str, str]]:
     seed = params.get("run", {}).get("seed") if isinstance(params.get("run"), dict) else None
     prov = store.provenance(config=params, wildcards=wildcards, seed=seed, device=device,
                             workflow_dir=Path(snakemake.scriptdir))
+    if GPU_SLOT is not None and GPU_SLOT.source != "cpu":  # e.g. "cuda:0 (physical GPU 1, lock)"
+        prov["gpu_slot"] = GPU_SLOT.describe()
 
     def log(line: str) -> None:
         print(line, file=handle, flush=True)
