@@ -11,7 +11,9 @@ rule extract_ntk:
         f"{R}/logs/runs/{{run}}/{{shift}}/extract_ntk.log",
     benchmark:
         f"{R}/benchmarks/runs/{{run}}/{{shift}}/extract_ntk.tsv"
-    threads: 2
+    # One thread: the default run's kernels are small, and jobs side by side use the cores
+    # better; raise it for big probe sets with `--set-threads extract_ntk=8`.
+    threads: 1
     resources:
         gpu=1,
     params:
