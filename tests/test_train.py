@@ -120,3 +120,19 @@ def test_resume_after_a_crash_is_byte_identical(tmp_path):
     assert _bytes(record.stacked()) == _bytes(reference.stacked())
     assert _bytes(net.state_dict()) == _bytes(reference_net.state_dict())
     assert _bytes(opt) == _bytes(ref_opt)
+
+
+def test_progress_bar_draws_only_on_a_terminal():
+    from ntkpipe.progress import ProgressBar
+
+    class Terminal(io.StringIO):
+        def isatty(self):
+            return True
+
+    screen, pipe = Terminal(), io.StringIO()
+    for stream in (screen, pipe):
+        bar = ProgressBar(4, "training", stream=stream, width=8)
+        bar.update(2, "loss 0.5")
+        bar.close()
+    assert "training [####....] 2/4 loss 0.5" in screen.getvalue()
+    assert pipe.getvalue() == ""

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ntkpipe import store
+from ntkpipe.progress import ProgressBar
 from ntkpipe.splits import TaskSplit, make_tasks
 from ntkpipe.sweep import effective_lr
 
@@ -287,6 +288,7 @@ def extract_ntk(data_path: str | Path, split_path: str | Path, snapshot_paths: l
     kernels: dict[str, list] = {k: [] for k in set(kinds) | {"trace"}}
     outputs, test_stats, train_stats = [], [], []
     tic = time.perf_counter()
+    bar = ProgressBar(len(snaps["states"]), "NTK snapshots")
     for s, state in enumerate(snaps["states"]):
         model.load_state_dict(state)
         per_probe = [_kernels(model, x_test[torch.from_numpy(split.probe[p])], kinds, dtype,
@@ -304,9 +306,11 @@ def extract_ntk(data_path: str | Path, split_path: str | Path, snapshot_paths: l
         train_stats.append([task_scores(train_losses[idx], train_correct[idx], train_labels[idx],
                                         cls, p)
                             for cls, p, idx in zip(split.classes, split.proportions, split.train)])
+        bar.update(s + 1, f"step {snaps['steps'][s]}")
         if (s + 1) % 10 == 0 or s + 1 == len(snaps["states"]):
             log(f"snapshot {s + 1}/{len(snaps['states'])} step {snaps['steps'][s]} "
                 f"({time.perf_counter() - tic:.1f} s)")
+    bar.close()
     steps = np.array(snaps["steps"], dtype=np.int64)
     test_stats, train_stats = np.array(test_stats), np.array(train_stats)
     p_size = len(split.probe[probes[0]])

@@ -20,6 +20,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ntkpipe import store
+from ntkpipe.progress import ProgressBar
 
 LOSSES = ("cross_entropy", "mse")
 
@@ -171,6 +172,7 @@ def train_tasks(model: nn.Module, tasks: list[TaskSpec], schedule: Schedule, *,
         log(f"resumed from {resume_path} at step {record.step}")
     last_checkpoint = record.step
     device = next(model.parameters()).device
+    bar = ProgressBar(sum(t.max_epochs for t in tasks), "training")
     model.train()
     while record.task_index < len(tasks) and record.diverged_step < 0:
         task = tasks[record.task_index]
@@ -212,6 +214,8 @@ def train_tasks(model: nn.Module, tasks: list[TaskSpec], schedule: Schedule, *,
             log(f"task {task.number} epoch {record.epoch} step {record.step} "
                 f"loss {train_loss:.4g} accuracy {accuracy:.4f} "
                 f"({time.perf_counter() - tic:.2f} s)")
+            bar.update(sum(t.max_epochs for t in tasks[:record.task_index]) + record.epoch,
+                       f"task {task.number} loss {train_loss:.3g} acc {accuracy:.3f}")
             if not math.isfinite(train_loss):
                 record.diverged_step = record.step
                 break
@@ -234,4 +238,5 @@ def train_tasks(model: nn.Module, tasks: list[TaskSpec], schedule: Schedule, *,
         record.converged.append(converged or task.target_accuracy is None)
         record.task_index += 1
         record.epoch = 0
+    bar.close()
     return record, optimizer.state_dict()
