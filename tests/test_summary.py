@@ -238,3 +238,13 @@ def test_parse_id_errors(text, match):
 def test_parse_id_bad_value():
     with pytest.raises(ValueError):
         sweep.parse_id("shift~conceptual/shared_classes~two/alpha~0.0/n_tasks~2", SHIFT_KEYS)
+
+
+def test_runs_without_boundaries_combine_with_others(runs):
+    """A single-task run (n_tasks 1) has an empty `boundary` dimension."""
+    point = {**BASE, "n_tasks": 1, "seed": 5}
+    single = fake_run(point, [0, 1, 5], 500.0, boundary=99).isel(boundary=slice(0, 0))
+    ds = combine([*runs, single], provenance={})
+    cell = ds.sel(n_tasks=1, seed=5, width=64, regime="lazy", shared_classes=0)
+    assert np.isfinite(cell["spectral_norm"].sel(probe=0).dropna("step")).all()
+    assert np.isnan(cell["boundary_step"]).all()

@@ -136,3 +136,14 @@ def test_progress_bar_draws_only_on_a_terminal():
         bar.close()
     assert "training [####....] 2/4 loss 0.5" in screen.getvalue()
     assert pipe.getvalue() == ""
+
+
+def test_target_loss_stops_at_the_first_epoch_reaching_it():
+    x, y = blobs()
+    rec, _ = train_tasks(model(), [TaskSpec(1, x, y, max_epochs=200, target_loss=0.2)],
+                         Schedule(lr=0.05, loss="mse", optimizer="gd", batch_size="full"))
+    stop = rec.epochs_run[0]
+    assert rec.converged == [True] and 1 < stop < 200
+    # full batch: losses[e] is the training loss after e steps, i.e. at the end of epoch e
+    assert len(rec.losses) == stop
+    assert all(loss > 0.2 for loss in rec.losses[1:stop])

@@ -144,7 +144,7 @@ def train_phase1(data_path: str | Path, split_path: str | Path, checkpoint_out: 
     p1 = train_cfg["phase1"]
     task = TaskSpec(1, tensors["x_train"][idx], tensors["y_train"][idx],
                     max_epochs=p1["max_epochs"], target_accuracy=p1["target_accuracy"],
-                    min_epochs=p1["min_epochs"])
+                    min_epochs=p1["min_epochs"], target_loss=p1.get("target_loss"))
     resume = Path(str(checkpoint_out) + ".resume")
     record, opt_state = train_tasks(model, [task], _schedule(run, train_cfg),
                                     resume_path=resume, log=log)

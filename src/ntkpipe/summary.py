@@ -63,7 +63,8 @@ def combine(datasets: list[Any], *, provenance: dict[str, str]) -> Any:
             if not var_dims[name]:
                 arrays[name][where] = ds[name].values
                 continue
-            index = [np.array([lookup[d][v.item()] for v in ds[d].values]) for d in var_dims[name]]
+            index = [np.array([lookup[d][v.item()] for v in ds[d].values], dtype=np.intp)
+                     for d in var_dims[name]]
             arrays[name][where][np.ix_(*index)] = ds[name].values
     out = xr.Dataset(
         {name: ((*SWEEP_KEYS, *var_dims[name]), arrays[name], datasets[0][name].attrs)

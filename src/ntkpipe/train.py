@@ -73,6 +73,7 @@ class TaskSpec:
     max_epochs: int
     target_accuracy: float | None = None  # stop at the first epoch reaching it (None: run all)
     min_epochs: int = 0
+    target_loss: float | None = None  # stop at the first epoch with training loss ≤ this
     dense_steps: int = 0
 
 
@@ -219,8 +220,9 @@ def train_tasks(model: nn.Module, tasks: list[TaskSpec], schedule: Schedule, *,
             if not math.isfinite(train_loss):
                 record.diverged_step = record.step
                 break
-            if (task.target_accuracy is not None and record.epoch >= task.min_epochs
-                    and accuracy >= task.target_accuracy):
+            reached = (train_loss <= task.target_loss if task.target_loss is not None else
+                       task.target_accuracy is not None and accuracy >= task.target_accuracy)
+            if reached and record.epoch >= task.min_epochs:
                 converged = True
                 break
             if (resume_path is not None and schedule.checkpoint_every
@@ -235,7 +237,8 @@ def train_tasks(model: nn.Module, tasks: list[TaskSpec], schedule: Schedule, *,
         if not record.steps or record.steps[-1] != record.step:
             record.snapshot(model, record.step, record.epoch, task.number)
         record.epochs_run.append(record.epoch)
-        record.converged.append(converged or task.target_accuracy is None)
+        record.converged.append(converged or (task.target_accuracy is None
+                                              and task.target_loss is None))
         record.task_index += 1
         record.epoch = 0
     bar.close()
