@@ -56,7 +56,7 @@ BAD = [
     ({"sweeps": {"w": {"regime": ["lazzy"]}}}, "'sweeps.w.regime[0]' is 'lazzy'; allowed: lazy, feature"),
     ({"sweeps": {"w": {"shared_classes": [6]}}}, "larger than the task"),
     ({"sweeps": {"w": {"alpha": [1.5]}}}, "'sweeps.w.alpha[0]'"),
-    ({"sweeps": {"w": {"n_tasks": [1]}}}, "'sweeps.w.n_tasks[0]'"),
+    ({"sweeps": {"w": {"n_tasks": [0]}}}, "'sweeps.w.n_tasks[0]'"),
     ({"sweeps": {"w": {"n_tasks": [3]}}}, "need 15 classes"),
     ({"sweeps": {"w": {"batch_size": ["all"]}}}, "'sweeps.w.batch_size[0]' is 'all'; allowed: a positive integer"),
     ({"sweeps": {"w": {"arch": ["cnn-relu"]}}}, "cnn-relu"),

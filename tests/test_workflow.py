@@ -182,3 +182,25 @@ def test_cli_stale_status_follows_snakemake(workflow):
     assert statuses(TINY) == {"done"}
     assert statuses({**TINY, "train": {**TINY["train"], "phase2": {"epochs": 3}}}) == {"stale"}
     (workflow / "config.yaml").write_text(yaml.safe_dump(TINY))
+
+
+@pytest.mark.parametrize("damage", ["missing dataset", "truncated checkpoint"])
+def test_bad_input_inside_a_job_is_one_line(tmp_path, damage):
+    """A job whose input is missing or damaged fails with one line naming it, no traceback."""
+    config = {**TINY, "sweeps": {"one": {"width": [16], "regime": ["feature"]}}}
+    if damage == "missing dataset":
+        config["dataset"] = {"name": "mnist", "root": str(tmp_path / "no-mnist")}
+        log_name = "prepare_data/mnist.log"
+    else:
+        assert snakemake(tmp_path, config, "--until", "train_phase1").returncode == 0
+        checkpoint = next((tmp_path / "out/runs").rglob("phase1.pt"))
+        checkpoint.write_bytes(checkpoint.read_bytes()[:500])
+        config["train"] = {**TINY["train"], "phase2": {"epochs": 1}}
+        log_name = "phase2.log"
+    out = snakemake(tmp_path, config)
+    assert out.returncode == 1
+    log = next((tmp_path / "out/logs").rglob(Path(log_name).name)).read_text()
+    assert log.strip().splitlines()[-1].startswith("ntkpipe: ") and "Traceback" not in log
+    assert ("mnist" in log) if damage == "missing dataset" else ("phase1.pt" in log)
+    assert "ntkpipe: " in out.stderr
+    assert not list((tmp_path / "out").rglob("metrics.nc"))

@@ -14,11 +14,13 @@ from typing import Any
 import jsonschema
 import yaml
 
+from ntkpipe.errors import InputError
+
 # Classes of each dataset with a fixed number (imagefolder's come from its class list).
 NUM_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "cifar100": 100}
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError, ValueError):
     """The config is invalid; the message names the key and what is allowed."""
 
 

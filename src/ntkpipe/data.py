@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from ntkpipe.errors import InputError
+
 DATASETS = ("digits", "mnist", "cifar10", "cifar100", "imagefolder")
 
 # digits ships without a train/test split; ours is a fixed stratified one (every third image of
@@ -44,7 +46,7 @@ _DOWNLOADABLE = ("mnist", "cifar10", "cifar100")
 _IMAGE_SUFFIXES = {".jpeg", ".jpg", ".png"}
 
 
-class DatasetError(RuntimeError):
+class DatasetError(InputError, RuntimeError):
     """A dataset is missing, truncated or malformed; the message names the file."""
 
 

@@ -25,6 +25,26 @@ def source_hash(*modules: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def _report_input_errors(log: Any, terminal: Any, log_path: Path) -> Callable[..., None]:
+    """An excepthook: bad input (a missing, truncated or malformed file, an impossible split)
+    becomes one line naming the problem, in the log and on the terminal, and exit status 1;
+    anything else keeps its traceback (a bug to report)."""
+    from ntkpipe.errors import InputError
+
+    default = sys.excepthook
+
+    def hook(kind: type, error: BaseException, trace: Any) -> None:
+        if not issubclass(kind, InputError):
+            default(kind, error, trace)
+            return
+        line = f"ntkpipe: {error}"
+        print(line, file=log, flush=True)
+        print(f"{line} (log: {log_path})", file=terminal, flush=True)
+        sys.exit(1)
+
+    return hook
+
+
 # The GPU slot of this job's process. Its flock is held until the process ends (normally, by
 # an exception, or killed): the kernel releases it, so nothing needs to run at exit.
 GPU_SLOT = None
@@ -38,7 +58,9 @@ def setup(snakemake: Any) -> tuple[Callable[[str], None], dict[str, str]]:
     log_path = Path(snakemake.log[0])
     log_path.parent.mkdir(parents=True, exist_ok=True)
     handle = open(log_path, "w", buffering=1)
+    terminal = sys.stderr
     sys.stderr = handle
+    sys.excepthook = _report_input_errors(handle, terminal, log_path)
     from ntkpipe import gpu, store
 
     # Before anything touches CUDA: the slot sets CUDA_VISIBLE_DEVICES to the chosen device
@@ -46,9 +68,9 @@ def setup(snakemake: Any) -> tuple[Callable[[str], None], dict[str, str]]:
     # job that asked for no GPU (or ran with --resources gpu=0) sees none.
     n_gpus = int(snakemake.resources.get("gpu", 0) or 0)
     if n_gpus > 0 and GPU_SLOT is None:
-        print(f"waiting for {n_gpus} GPU slot(s)", file=handle, flush=True)
-        GPU_SLOT = gpu.claim(n_gpus)
-        print(f"GPU slot: {GPU_SLOT.describe()}", file=handle, flush=True)
+        GPU_SLOT = gpu.claim(n_gpus)  # waits while every device is taken
+        if GPU_SLOT.source != "cpu":
+            print(f"GPU slot: {GPU_SLOT.describe()}", file=handle, flush=True)
     elif n_gpus == 0:
         os.environ["CUDA_VISIBLE_DEVICES"] = ""
 

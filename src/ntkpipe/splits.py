@@ -14,10 +14,12 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ntkpipe.errors import InputError
+
 _ORDER, _SHARED, _TRAIN, _PROBE = 0, 1, 2, 3  # stream purposes
 
 
-class SplitError(ValueError):
+class SplitError(InputError, ValueError):
     """The requested split cannot be built from the data at hand."""
 
 

@@ -12,11 +12,12 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import ntkpipe
+from ntkpipe.errors import InputError
 
 CONVENTIONS = "CF-1.10"
 
 
-class CorruptFileError(RuntimeError):
+class CorruptFileError(InputError, RuntimeError):
     """An input file is missing, truncated or not what it should be; the message names it."""
 
 
