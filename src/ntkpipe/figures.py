@@ -149,7 +149,9 @@ def frequency_shift(ds: Any, path: str | Path) -> None:
     """Frequency shifts (lines per α) beside the class-incremental shift."""
     plt = _pyplot()
     freq = select(ds, ("regime", "alpha", "seed"), shift="frequency", n_tasks=2)
-    concept = select(ds, ("regime", "seed"), shift="conceptual", shared_classes=0, n_tasks=2)
+    concept = select(ds, ("regime", "seed"), shift="conceptual", shared_classes=0, n_tasks=2) \
+        if {"conceptual"} <= set(ds["shift"].values) and 0 in ds["shared_classes"].values \
+        and 2 in ds["n_tasks"].values else None
     regimes = [r for r in freq["regime"].values if _has_data(freq["spectral_norm"].sel(regime=r))]
     names = ("spectral_norm", "kernel_velocity", "kernel_alignment")
     fig, axes = plt.subplots(len(regimes), len(names), figsize=(4.2 * len(names),
@@ -162,7 +164,7 @@ def frequency_shift(ds: Any, path: str | Path) -> None:
                 x, table = relative_curves(one, name)
                 if len(x):
                     _band(ax, x, table, f"frequency α={alpha:g}{diverged_note(one)}", color)
-            if regime in concept["regime"].values:
+            if concept is not None and regime in concept["regime"].values:
                 x, table = relative_curves(concept.sel(regime=regime), name)
                 if len(x):
                     _band(ax, x, table, "class-incremental", "k")
@@ -253,8 +255,9 @@ FIGURES = {"metrics_by_width": metrics_by_width, "accuracy_by_task": accuracy_by
 
 def applicable(points: list[dict[str, Any]]) -> list[str]:
     """The figures a set of runs can fill (a figure needs its sweep among the runs)."""
-    names = ["metrics_by_width", "accuracy_by_task"]
     conceptual = [p for p in points if p["shift"] == "conceptual" and p["n_tasks"] == 2]
+    names = ["metrics_by_width", "accuracy_by_task"] \
+        if any(p["shared_classes"] == 0 for p in conceptual) else []
     if len({p["shared_classes"] for p in conceptual}) >= 3:
         names.append("similarity_sweep")
     if any(p["shift"] == "frequency" for p in points):
