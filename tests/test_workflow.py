@@ -1,5 +1,6 @@
 """The real workflow, end to end, on a tiny config in a temporary directory."""
 
+import json
 import re
 import subprocess
 import sys
@@ -73,6 +74,8 @@ def test_per_run_files_carry_provenance(workflow):
     for key in ("config_json", "wildcards_json", "ntkpipe_version", "git_commit",
                 "torch_version", "device", "seed", "Conventions"):
         assert key in ds.attrs, key
+    stats = json.loads(ds.attrs["normalisation_json"])  # from the training split
+    assert len(stats["mean"]) == len(stats["std"]) == 1 and stats["std"][0] > 0
     assert ds["ntk_trace"].dims == ("probe", "step", "sample", "sample_j")
     per_layer = ds["ntk_per_layer"].sum("layer")
     np.testing.assert_allclose(per_layer.values, ds["ntk_trace"].values, rtol=1e-4, atol=1e-6)
@@ -148,8 +151,6 @@ def test_example_script_runs_on_the_summary(workflow, tmp_path):
 
 
 def test_cli_reports_runs_and_summary(workflow):
-    import json
-
     cli = Path(sys.executable).parent / "ntkpipe"
     (workflow / "config.yaml").write_text(yaml.safe_dump(TINY))
     runs = subprocess.run([str(cli), "runs", "--config", "config.yaml", "--json"],
@@ -168,8 +169,6 @@ def test_cli_reports_runs_and_summary(workflow):
 
 
 def test_cli_stale_status_follows_snakemake(workflow):
-    import json
-
     cli = Path(sys.executable).parent / "ntkpipe"
 
     def statuses(config):

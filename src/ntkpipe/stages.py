@@ -371,6 +371,7 @@ def extract_ntk(data_path: str | Path, split_path: str | Path, snapshot_paths: l
     ds = ds.drop_vars([c for c in ("output", "output_j") if c not in ds.dims])
     ds.attrs.update(store.dataset_attrs("ntkpipe empirical NTK snapshots", provenance))
     ds.attrs.update(_run_attrs(split, snaps))
+    ds.attrs["normalisation_json"] = json.dumps(data.get("normalisation", {}), sort_keys=True)
     encoding = {name: {"chunksizes": tuple(1 if d in ("probe", "step", "layer", "output") else
                                            ds.sizes[d] for d in ds[name].dims)}
                 for name in ds.data_vars if name.startswith("ntk_")}
@@ -470,8 +471,9 @@ def compute_metrics(ntk_path: str | Path, out: str | Path, *, metrics_cfg: dict[
                 "trained_task": trained, "boundary": np.arange(1, len(boundaries) + 1)},
     )
     out_ds.attrs.update(store.dataset_attrs("ntkpipe kernel metrics", provenance))
-    for key in ("boundaries_json", "task_classes_json", "similarity_json"):
-        out_ds.attrs[key] = ds.attrs[key]
+    for key in ("boundaries_json", "task_classes_json", "similarity_json",
+                "normalisation_json"):
+        out_ds.attrs[key] = ds.attrs.get(key, "{}")
     out_ds.attrs["metric_kernel"] = kernel
     out_ds.attrs["centered"] = int(centered)
     store.write_netcdf(out_ds, out)
