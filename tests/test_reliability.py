@@ -124,3 +124,24 @@ def test_a_pickled_object_checkpoint_is_refused(tmp_path):
     torch.save({"model": np.random.default_rng(0)}, path)  # arbitrary pickled object
     with pytest.raises(store.CorruptFileError, match="refused to load"):
         store.load_torch(path)
+
+
+def test_metrics_match_a_direct_computation_from_the_kernels(reference):
+    """metrics.nc's per-step values recomputed independently from ntk.nc."""
+    from ntkpipe import metrics as m
+
+    kernels = store.open_netcdf(reference["ntk.nc"])
+    out = store.open_netcdf(reference["metrics.nc"])
+    y = np.eye(kernels.sizes["output"])[kernels["label"].sel(probe=1).values]
+    stack = kernels["ntk_trace"].sel(probe=1).values.astype(np.float64)
+    for t in range(len(stack)):
+        at = out.isel(step=t).sel(probe=1)
+        assert float(at["spectral_norm"]) == pytest.approx(np.linalg.eigvalsh(stack[t])[-1])
+        assert float(at["kernel_distance"]) == pytest.approx(m.kernel_distance(stack[0], stack[t]),
+                                                             abs=1e-12)
+        assert float(at["kernel_alignment"]) == pytest.approx(m.cka(stack[t], y @ y.T))
+        assert float(at["target_alignment"]) == pytest.approx(
+            np.trace(y.T @ stack[t] @ y) / (np.linalg.norm(stack[t]) * (y * y).sum()))
+        u = np.linalg.eigh(stack[t])[1][:, -1]
+        assert float(at["top_eigenvector_alignment"]) == pytest.approx(
+            ((u @ y) ** 2).sum() / (y * y).sum())

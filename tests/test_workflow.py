@@ -65,6 +65,9 @@ def test_summary_has_sweep_dimensions_and_named_metrics(workflow):
     assert float(run["kernel_distance"].dropna("step")[0]) == pytest.approx(0.0, abs=1e-9)
     assert np.isfinite(run["velocity_spike"].values).all()
     assert run["accuracy_matrix"].shape == (2, 2)
+    for name in ("target_alignment", "top_eigenvector_alignment"):
+        values = run[name].dropna("step").values
+        assert len(values) == len(norm) and ((values > 0) & (values <= 1 + 1e-9)).all()
 
 
 def test_per_run_files_carry_provenance(workflow):

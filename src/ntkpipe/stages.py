@@ -425,13 +425,21 @@ def compute_metrics(ntk_path: str | Path, out: str | Path, *, metrics_cfg: dict[
     steps = ds["step"].values
     boundaries = json.loads(ds.attrs["boundaries_json"])[1:]  # task 1 starts at step 0
     probes = ds["probe"].values
-    norm, dist, vel, align = (np.full(stack.shape[:2], np.nan) for _ in range(4))
+    from ntkpipe.spectra import top_eigen_alignment
+
+    norm, dist, vel, align, target, top_align = (np.full(stack.shape[:2], np.nan)
+                                                 for _ in range(6))
     react = np.full((len(probes), len(boundaries), len(REACTIVATION)), np.nan)
     for p in range(len(probes)):
         norm[p] = m.spectral_norms(stack[p])
         dist[p] = m.distances_to(stack[p], stack[p, 0], centered)
         vel[p] = m.kernel_velocity(stack[p], steps, centered)
-        align[p] = m.alignments(stack[p], _targets(ds, p, kernel), centered)
+        y = _targets(ds, p, kernel)
+        align[p] = m.alignments(stack[p], y, centered)
+        for t, k in enumerate(stack[p]):
+            if np.isfinite(k).all():
+                target[p, t] = m.target_alignment(k, y)
+                top_align[p, t] = top_eigen_alignment(k, y)
         for b, boundary in enumerate(boundaries):
             if boundary in steps:
                 values = m.reactivation_measures(
@@ -453,6 +461,11 @@ def compute_metrics(ntk_path: str | Path, out: str | Path, *, metrics_cfg: dict[
                                           "units": "1/step"}),
             "kernel_alignment": (pm, align, {"long_name": "kernel alignment CKA(Θ_t, YYᵀ)",
                                              "units": "1"}),
+            "target_alignment": (pm, target, {"long_name": "uncentred kernel-target alignment "
+                                                           "yᵀΘy / (‖Θ‖_F ‖y‖²)", "units": "1"}),
+            "top_eigenvector_alignment": (pm, top_align, {
+                "long_name": "alignment of the top NTK eigenvector with the targets "
+                             "(u₁ᵀy)² / ‖y‖²", "units": "1"}),
             "test_loss": ds["test_loss"].variable, "test_accuracy": ds["test_accuracy"].variable,
             "train_loss": ds["train_loss"].variable,
             "train_accuracy": ds["train_accuracy"].variable,
