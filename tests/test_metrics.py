@@ -308,3 +308,21 @@ def test_reactivation_measures_at_step_zero_has_no_baseline():
 def test_reactivation_measures_boundary_not_a_snapshot(boundary):
     with pytest.raises(ValueError, match=f"boundary step {boundary} is not a snapshot step"):
         _react(boundary=boundary)
+
+
+def test_batched_top_eigen_and_target_alignment_match_single_kernel_forms():
+    from ntkpipe import metrics as m
+
+    rng = np.random.default_rng(7)
+    a = rng.normal(size=(3, 6, 6))
+    stack = a @ a.transpose(0, 2, 1)
+    stack[1, 0, 0] = np.nan
+    y = np.eye(3)[rng.integers(0, 3, 6)]
+    top, align = m.top_eigen_stack(stack, y)
+    target = m.target_alignments(stack, y)
+    for t in (0, 2):
+        vals, vecs = np.linalg.eigh(stack[t])
+        assert top[t] == pytest.approx(vals[-1])
+        assert align[t] == pytest.approx(((vecs[:, -1] @ y) ** 2).sum() / (y * y).sum())
+        assert target[t] == pytest.approx(m.target_alignment(stack[t], y))
+    assert np.isnan(top[1]) and np.isnan(align[1])

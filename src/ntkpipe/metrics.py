@@ -92,6 +92,29 @@ def spectral_norms(kernels: Any) -> np.ndarray:
     return out
 
 
+def top_eigen_stack(kernels: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    """λ_max and the top-eigenvector alignment (u₁ᵀy)²/‖y‖² (summed over output columns) of
+    each kernel of a stack, from one eigendecomposition each; NaN for non-finite kernels."""
+    ks, y = as_array(kernels), as_array(y)
+    y = y[:, None] if y.ndim == 1 else y
+    ks = (ks + ks.transpose(0, 2, 1)) / 2
+    top, align = np.full(len(ks), np.nan), np.full(len(ks), np.nan)
+    finite = np.isfinite(ks).all(axis=(1, 2))
+    if finite.any():
+        values, vectors = np.linalg.eigh(ks[finite])
+        top[finite] = values[:, -1]
+        align[finite] = ((vectors[:, :, -1] @ y) ** 2).sum(axis=1) / np.sum(y * y)
+    return top, align
+
+
+def target_alignments(kernels: Any, y: Any) -> np.ndarray:
+    """yᵀKy / (‖K‖_F ‖y‖²) for every kernel of a stack (see `target_alignment`)."""
+    ks, y = as_array(kernels), as_array(y)
+    y = y[:, None] if y.ndim == 1 else y
+    quadratic = np.einsum("ia,sij,ja->s", y, ks, y)
+    return quadratic / (np.linalg.norm(ks.reshape(len(ks), -1), axis=1) * np.sum(y * y))
+
+
 def distances_to(kernels: Any, reference: Any, centered: bool = True) -> np.ndarray:
     """S(K_ref, K_t) for every kernel of a stack."""
     units = _unit_stack(kernels, centered)

@@ -425,21 +425,16 @@ def compute_metrics(ntk_path: str | Path, out: str | Path, *, metrics_cfg: dict[
     steps = ds["step"].values
     boundaries = json.loads(ds.attrs["boundaries_json"])[1:]  # task 1 starts at step 0
     probes = ds["probe"].values
-    from ntkpipe.spectra import top_eigen_alignment
-
     norm, dist, vel, align, target, top_align = (np.full(stack.shape[:2], np.nan)
                                                  for _ in range(6))
     react = np.full((len(probes), len(boundaries), len(REACTIVATION)), np.nan)
     for p in range(len(probes)):
-        norm[p] = m.spectral_norms(stack[p])
+        y = _targets(ds, p, kernel)
+        norm[p], top_align[p] = m.top_eigen_stack(stack[p], y)  # one eigh per snapshot
         dist[p] = m.distances_to(stack[p], stack[p, 0], centered)
         vel[p] = m.kernel_velocity(stack[p], steps, centered)
-        y = _targets(ds, p, kernel)
         align[p] = m.alignments(stack[p], y, centered)
-        for t, k in enumerate(stack[p]):
-            if np.isfinite(k).all():
-                target[p, t] = m.target_alignment(k, y)
-                top_align[p, t] = top_eigen_alignment(k, y)
+        target[p] = m.target_alignments(stack[p], y)
         for b, boundary in enumerate(boundaries):
             if boundary in steps:
                 values = m.reactivation_measures(
