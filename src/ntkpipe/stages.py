@@ -288,16 +288,15 @@ def extract_ntk(data_path: str | Path, split_path: str | Path, snapshot_paths: l
     kernels: dict[str, list] = {k: [] for k in set(kinds) | {"trace"}}
     outputs, test_stats, train_stats = [], [], []
     tic = time.perf_counter()
+    probe_inputs = [x_test[torch.from_numpy(split.probe[p]).to(device)] for p in probes]
     bar = ProgressBar(len(snaps["states"]), "NTK snapshots")
     for s, state in enumerate(snaps["states"]):
         model.load_state_dict(state)
-        per_probe = [_kernels(model, x_test[torch.from_numpy(split.probe[p])], kinds, dtype,
-                              budget) for p in probes]
+        per_probe = [_kernels(model, x, kinds, dtype, budget) for x in probe_inputs]
         for kind in kernels:
             kernels[kind].append(np.stack([pp[kind] for pp in per_probe]))
         with torch.no_grad():
-            outputs.append(np.stack([model(x_test[torch.from_numpy(split.probe[p])]).cpu()
-                                     .double().numpy() for p in probes]))
+            outputs.append(np.stack([model(x).cpu().double().numpy() for x in probe_inputs]))
         test_losses, test_correct = _per_sample(model, x_test, y_test, run["loss"])
         train_losses, train_correct = _per_sample(model, x_train, y_train, run["loss"])
         test_stats.append([task_scores(test_losses, test_correct, test_labels, cls, p)

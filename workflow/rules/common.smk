@@ -42,6 +42,12 @@ def split_of(wildcards):
     return ntksweep.split_id(run_params(wildcards))
 
 
+def split_wildcards(wildcards):
+    """The {split} wildcard's classes_per_task and seed (the dataset picks the input file)."""
+    params = ntksweep.parse_id(wildcards.split, ntksweep.SPLIT_KEYS)
+    return {k: v for k, v in params.items() if k != "dataset"}
+
+
 def split_settings(n_tasks=1, shared_classes=0, alpha=0.0):
     """Everything besides the wildcards that decides a split."""
     return {

@@ -22,9 +22,7 @@ rule split_task1:
     log:
         f"{R}/logs/splits/{{split}}/task1.log",
     params:
-        split=lambda wc: {**split_settings(),
-                          **{k: v for k, v in ntksweep.parse_id(wc.split, ntksweep.SPLIT_KEYS).items()
-                             if k != "dataset"}},
+        split=lambda wc: {**split_settings(), **split_wildcards(wc)},
         code=ntksmk.source_hash("splits", "stages", "store"),
     script:
         "../scripts/split.py"
@@ -39,9 +37,8 @@ rule split_tasks:
     log:
         f"{R}/logs/splits/{{split}}/{{shift}}/tasks.log",
     params:
-        split=lambda wc: {**split_settings(**{k: v for k, v in shift_params(wc).items() if k != "shift"}),
-                          **{k: v for k, v in ntksweep.parse_id(wc.split, ntksweep.SPLIT_KEYS).items()
-                             if k != "dataset"}},
+        split=lambda wc: {**split_settings(**{k: v for k, v in shift_params(wc).items()
+                                              if k != "shift"}), **split_wildcards(wc)},
         code=ntksmk.source_hash("splits", "stages", "store"),
     script:
         "../scripts/split.py"
