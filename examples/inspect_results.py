@@ -1,5 +1,5 @@
 """Open the sweep summary with xarray, pick one width and regime, and plot the kernel velocity
-around the task boundary for every seed.
+around the task boundary for every run (seed, learning rate) of the class-incremental shift.
 
     python examples/inspect_results.py [results/summary/metrics.nc] [--width 256] [--regime lazy]
 """
@@ -22,20 +22,22 @@ def main() -> None:
     args = parser.parse_args()
 
     ds = xr.open_dataset(args.summary)
-    # The class-incremental shift on task-1 probe data; every other sweep key at its first value.
-    run = ds.sel(width=args.width, regime=args.regime, shift="conceptual", shared_classes=0,
-                 n_tasks=2, probe=1)
-    run = run.isel({d: 0 for d in ("dataset", "classes_per_task", "arch", "depth", "activation",
-                                   "optimizer", "loss", "batch_size", "lr", "alpha")})
+    # One entry per run along `run`; the sweep keys are coordinates along it, so picking runs
+    # is a boolean mask. (`ntkpipe.summary.grid(ds, ("seed",), width=..., ...)` gives the
+    # dense view instead, every other sweep key at its best-populated value.)
+    chosen = ((ds["width"] == args.width) & (ds["regime"] == args.regime)  # ds.shift is a method
+              & (ds["shift"] == "conceptual") & (ds["shared_classes"] == 0) & (ds["n_tasks"] == 2))
+    runs = ds.isel(run=chosen.values).sel(probe=1)  # the class-incremental shift, task-1 probes
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for seed in run.seed.values:
-        one = run.sel(seed=seed)
+    for i in range(runs.sizes["run"]):
+        one = runs.isel(run=i)
         velocity = one.kernel_velocity.dropna("step")
         if velocity.size == 0:
             continue
+        label = f"seed {int(one.seed)}, lr {float(one.lr):g}"
         boundary = int(one.boundary_step.sel(boundary=1))
-        ax.plot(velocity.step - boundary, velocity, marker=".", label=f"seed {seed}")
-        print(f"seed {seed}: boundary at step {boundary}, velocity spike "
+        ax.plot(velocity.step - boundary, velocity, marker=".", label=label)
+        print(f"{label}: boundary at step {boundary}, velocity spike "
               f"{float(one.velocity_spike.sel(boundary=1)):.2f}× the pre-boundary median")
     ax.axvline(0, color="k", ls="--", lw=0.8)
     ax.set(xscale="symlog", yscale="log", xlabel="steps since task boundary",

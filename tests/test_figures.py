@@ -5,7 +5,7 @@ import pytest
 import xarray as xr
 
 from ntkpipe import figures, store, sweep
-from ntkpipe.summary import combine
+from ntkpipe.summary import combine, grid
 
 BASE = {"dataset": "digits", "classes_per_task": 5, "arch": "mlp", "depth": 2,
         "activation": "relu", "optimizer": "sgd", "loss": "cross_entropy", "batch_size": 64,
@@ -36,7 +36,7 @@ def fake(point, diverged=-1, boundaries=1):
 def summary():
     points = [{**BASE, "regime": r, "width": w, "seed": s}
               for r in ("lazy", "feature") for w in (64, 256) for s in (0, 1)]
-    points += [{**BASE, "shared_classes": k, "seed": s} for k in range(6) for s in (0, 1)]
+    points += [{**BASE, "shared_classes": k, "seed": s} for k in range(1, 6) for s in (0, 1)]
     points += [{**BASE, "shift": "frequency", "shared_classes": 5, "alpha": a} for a in (0.5, 1.0)]
     points += [{**BASE, "lr": lr} for lr in (0.02, 0.5)]
     runs = [fake(p, diverged=5 if p["width"] == 256 and p["seed"] == 1 else -1) for p in points]
@@ -61,19 +61,28 @@ def test_every_figure_draws(summary, tmp_path, name):
 
 def test_divergence_is_marked(summary):
     ds, _ = summary
-    sub = figures.select(ds, ("regime", "width", "seed"), shift="conceptual", shared_classes=0,
-                         n_tasks=2)
+    sub = grid(ds, ("regime", "width", "seed"), shift="conceptual", shared_classes=0, n_tasks=2)
     assert figures.diverged_note(sub.sel(regime="lazy", width=256)) == " (1 diverged)"
     assert figures.diverged_note(sub.sel(regime="lazy", width=64)) == ""
 
 
 def test_relative_curves_align_runs_on_the_boundary(summary):
     ds, _ = summary
-    sub = figures.select(ds, ("regime", "width", "seed"), shift="conceptual", shared_classes=0,
-                         n_tasks=2).sel(regime="lazy", width=64)
+    sub = grid(ds, ("regime", "width", "seed"), shift="conceptual", shared_classes=0,
+               n_tasks=2).sel(regime="lazy", width=64)
     x, table = figures.relative_curves(sub, "spectral_norm")
     np.testing.assert_array_equal(x, [-10, -7, 0, 1, 2, 5, 20, 30])
     assert table.shape == (2, 8) and np.isfinite(table).all()
+
+
+def test_draw_all_from_a_written_summary(summary, tmp_path):
+    """Text coordinates read back from NetCDF as fixed-width strings select the same runs."""
+    ds, _ = summary
+    ds.to_netcdf(tmp_path / "summary.nc", engine="netcdf4",
+                 encoding={k: {"dtype": "str"} for k in ds.variables if ds[k].dtype == object})
+    outputs = [tmp_path / f"{name}.png" for name in figures.FIGURES]
+    figures.draw_all(tmp_path / "summary.nc", outputs)
+    assert all(out.read_bytes()[:4] == b"\x89PNG" for out in outputs)
 
 
 def test_unknown_figure_name_is_refused(tmp_path):

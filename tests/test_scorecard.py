@@ -120,3 +120,30 @@ def test_diverged_runs_are_excluded_with_a_note(tmp_path):
         table = list(csv.DictReader(handle))
     assert list(table[0]) == list(scorecard.COLUMNS)
     assert {r["holds"] for r in table} <= {"true", "false", "untested"}
+
+
+def test_diverged_runs_are_blanked_along_run():
+    runs = width_runs()
+    runs[0] = fake({**BASE, "regime": "lazy", "width": 64, "seed": 0}, spike=0.0, diverged=7)
+    ds = summary(runs)
+    clean, count = scorecard.without_diverged(ds)
+    assert count == 1
+    bad = (ds["diverged_step"] >= 0).values
+    for name in clean.data_vars:
+        if name != "diverged_step":
+            assert np.isnan(clean[name].values[bad]).all(), name
+            np.testing.assert_array_equal(clean[name].values[~bad], ds[name].values[~bad])
+
+
+def test_scorecard_from_a_written_summary(tmp_path):
+    runs = width_runs()
+    runs += [fake({**BASE, "shift": "frequency", "shared_classes": 5, "alpha": a}, spike=1.1)
+             for a in (0.5, 1.0)]
+    ds = summary(runs)
+    ds.to_netcdf(tmp_path / "summary.nc", engine="netcdf4",
+                 encoding={k: {"dtype": "str"} for k in ds.variables if ds[k].dtype == object})
+    scorecard.scorecard(tmp_path / "summary.nc", tmp_path / "scorecard.csv", THRESHOLDS)
+    with open(tmp_path / "scorecard.csv", newline="") as handle:
+        written = [(r["claim"], r["holds"]) for r in csv.DictReader(handle)]
+    assert written == [(r.claim, r.holds) for r in scorecard.evaluate(ds, THRESHOLDS)]
+    assert ("3. frequency shifts: low velocity, no discontinuity", "true") in written

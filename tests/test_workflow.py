@@ -11,6 +11,8 @@ import pytest
 import xarray as xr
 import yaml
 
+from ntkpipe.summary import grid
+
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
 
@@ -53,7 +55,8 @@ def workflow(tmp_path_factory):
 
 
 def test_summary_has_sweep_dimensions_and_named_metrics(workflow):
-    ds = xr.open_dataset(workflow / "out/summary/metrics.nc")
+    ds = grid(xr.open_dataset(workflow / "out/summary/metrics.nc"),  # dense over these keys
+              ("regime", "shared_classes", "classes_per_task", "width"))
     for name in ("spectral_norm", "kernel_distance", "kernel_velocity", "kernel_alignment"):
         assert "step" in ds[name].dims and "width" in ds[name].dims
     assert list(ds["regime"].values) == ["feature", "lazy"]

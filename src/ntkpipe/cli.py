@@ -133,18 +133,18 @@ def cmd_summary(args: argparse.Namespace) -> int:
     cfg = ntkconfig.load(args.config)
     path = Path(cfg["results"]) / "summary" / "metrics.nc"
     ds = store.open_netcdf(path)
-    info = {"path": str(path), "runs": int(ds.attrs.get("runs", 0)),
+    taken = {k: sorted({v.item() for v in ds[k].values}) for k in sweep.SWEEP_KEYS}
+    info = {"path": str(path), "runs": int(ds.sizes["run"]),
             "dims": {d: int(n) for d, n in ds.sizes.items()},
-            "sweep": {k: [v.item() if hasattr(v, "item") else v for v in ds[k].values]
-                      for k in sweep.SWEEP_KEYS if ds.sizes[k] > 1},
-            "variables": {n: list(ds[n].dims[len(sweep.SWEEP_KEYS):]) for n in ds.data_vars}}
+            "sweep": {k: values for k, values in taken.items() if len(values) > 1},
+            "variables": {n: [d for d in ds[n].dims if d != "run"] for n in ds.data_vars}}
     if args.json:
         print(json.dumps(info, indent=1))
     else:
         print(f"{info['path']}: {info['runs']} runs")
         print("sweep: " + "; ".join(f"{k} = {v}" for k, v in info["sweep"].items()))
         for name, dims in info["variables"].items():
-            print(f"  {name} ({', '.join(['<sweep>'] + dims)})")
+            print(f"  {name} ({', '.join(['run'] + dims)})")
     return 0
 
 

@@ -1,4 +1,4 @@
-"""Figures from the sweep summary (`summary/metrics.nc`)."""
+"""Figures from the sweep summary (`summary/metrics.nc`), each drawn from a dense `grid` view."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from ntkpipe.summary import grid
 from ntkpipe.sweep import SWEEP_KEYS
 
 METRICS = {"spectral_norm": "spectral norm ‖Θ‖₂", "kernel_distance": "distance from init S(Θ₀, Θₜ)",
@@ -25,19 +26,6 @@ def _pyplot():
 
 def _has_data(da: Any) -> bool:
     return bool(np.isfinite(da.values).any())
-
-
-def select(ds: Any, keep: tuple[str, ...], **fixed: Any) -> Any:
-    """Fix every sweep dimension not in `keep`: to `fixed` values when given, otherwise to the
-    value with the most data (a sweep varies few parameters; the rest sit at one value)."""
-    ds = ds.sel({k: v for k, v in fixed.items() if k in ds.dims})
-    for dim in SWEEP_KEYS:
-        if dim in keep or dim not in ds.dims or dim in fixed:
-            continue
-        counts = [int(np.isfinite(ds["spectral_norm"].sel({dim: v}).values).sum())
-                  for v in ds[dim].values]
-        ds = ds.sel({dim: ds[dim].values[int(np.argmax(counts))]})
-    return ds
 
 
 def relative_curves(ds: Any, variable: str, probe: int = 1) -> tuple[np.ndarray, np.ndarray]:
@@ -65,6 +53,11 @@ def diverged_note(ds: Any) -> str:
     """' (k diverged)' when runs in `ds` diverged (they plot only up to the divergence)."""
     count = int((ds["diverged_step"] >= 0).sum()) if "diverged_step" in ds else 0
     return f" ({count} diverged)" if count else ""
+
+
+def _colors(cmap: Any, top: float, palette: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """Colours of `values` spread over every value in the summary: stable across figures."""
+    return cmap(np.linspace(0, top, len(palette)))[np.searchsorted(palette, values)]
 
 
 def _band(ax: Any, x: np.ndarray, table: np.ndarray, label: str, color: Any) -> None:
@@ -105,13 +98,14 @@ def curves(ds: Any, path: str | Path, *, line: str, title: str,
     """Metrics against steps since the first boundary: one row per regime, one line per value
     of `line`, mean and min–max over seeds; later boundaries dotted."""
     plt = _pyplot()
-    ds = select(ds, ("regime", line, "seed"), **fixed)
+    palette = np.unique(ds[line].values)
+    ds = grid(ds, ("regime", line, "seed"), **fixed)
     regimes = [r for r in ds["regime"].values if _has_data(ds["spectral_norm"].sel(regime=r))]
     if not regimes:
         raise ValueError(f"no runs for this figure ({title}); is its sweep in the config?")
     fig, axes = plt.subplots(len(regimes), len(metrics), figsize=(4 * len(metrics),
                              3.4 * len(regimes)), squeeze=False)
-    colors = plt.cm.viridis(np.linspace(0, 0.9, ds.sizes[line]))
+    colors = _colors(plt.cm.viridis, 0.9, palette, ds[line].values)
     for row, regime in zip(axes, regimes):
         for name, ax in zip(metrics, row):
             for value, color in zip(ds[line].values, colors):
@@ -148,15 +142,14 @@ def metrics_by_width(ds: Any, path: str | Path) -> None:
 def frequency_shift(ds: Any, path: str | Path) -> None:
     """Frequency shifts (lines per α) beside the class-incremental shift."""
     plt = _pyplot()
-    freq = select(ds, ("regime", "alpha", "seed"), shift="frequency", n_tasks=2)
-    concept = select(ds, ("regime", "seed"), shift="conceptual", shared_classes=0, n_tasks=2) \
-        if {"conceptual"} <= set(ds["shift"].values) and 0 in ds["shared_classes"].values \
-        and 2 in ds["n_tasks"].values else None
+    palette = np.unique(ds["alpha"].values)
+    freq = grid(ds, ("regime", "alpha", "seed"), shift="frequency", n_tasks=2)
+    concept = grid(ds, ("regime", "seed"), shift="conceptual", shared_classes=0, n_tasks=2)
     regimes = [r for r in freq["regime"].values if _has_data(freq["spectral_norm"].sel(regime=r))]
     names = ("spectral_norm", "kernel_velocity", "kernel_alignment")
     fig, axes = plt.subplots(len(regimes), len(names), figsize=(4.2 * len(names),
                              3.4 * len(regimes)), squeeze=False)
-    colors = plt.cm.plasma(np.linspace(0, 0.85, freq.sizes["alpha"]))
+    colors = _colors(plt.cm.plasma, 0.85, palette, freq["alpha"].values)
     for row, regime in zip(axes, regimes):
         for name, ax in zip(names, row):
             for alpha, color in zip(freq["alpha"].values, colors):
@@ -164,7 +157,7 @@ def frequency_shift(ds: Any, path: str | Path) -> None:
                 x, table = relative_curves(one, name)
                 if len(x):
                     _band(ax, x, table, f"frequency α={alpha:g}{diverged_note(one)}", color)
-            if concept is not None and regime in concept["regime"].values:
+            if regime in concept["regime"].values:  # no such runs: no regimes
                 x, table = relative_curves(concept.sel(regime=regime), name)
                 if len(x):
                     _band(ax, x, table, "class-incremental", "k")
@@ -194,8 +187,7 @@ def task_sequence(ds: Any, path: str | Path) -> None:
 def accuracy_by_task(ds: Any, path: str | Path) -> None:
     """Held-out accuracy on each task over time, one panel per regime and width."""
     plt = _pyplot()
-    ds = select(ds, ("regime", "width", "seed"), shift="conceptual", shared_classes=0,
-                n_tasks=2)
+    ds = grid(ds, ("regime", "width", "seed"), shift="conceptual", shared_classes=0, n_tasks=2)
     regimes = [r for r in ds["regime"].values if _has_data(ds["test_accuracy"].sel(regime=r))]
     widths = ds["width"].values
     fig, axes = plt.subplots(len(regimes), len(widths), figsize=(4 * len(widths), 3.2 * len(regimes)),
@@ -218,9 +210,11 @@ def accuracy_by_task(ds: Any, path: str | Path) -> None:
 def similarity_sweep(ds: Any, path: str | Path) -> None:
     """Reactivation measures at the boundary against task similarity, per regime."""
     plt = _pyplot()
-    ds = select(ds, ("regime", "shared_classes", "seed", "classes_per_task"),
-                shift="conceptual", n_tasks=2)
-    ds = select(ds, ("regime", "shared_classes", "seed"))
+    # Fix every other key first, then classes_per_task to its best-populated value among those.
+    first = grid(ds, ("regime", "shared_classes", "seed", "classes_per_task"),
+                 shift="conceptual", n_tasks=2)
+    fixed = {k: first[k].item() for k in SWEEP_KEYS if k in first.coords and k not in first.dims}
+    ds = grid(ds, ("regime", "shared_classes", "seed"), **fixed)
     measures = {"velocity_spike": "velocity spike (peak / pre-boundary median)",
                 "norm_dip": "norm dip depth", "alignment_deflection": "alignment deflection",
                 "distance_jump": "distance jump"}

@@ -58,7 +58,8 @@ def _check(value: float, threshold: float, sense: str) -> str:
 
 
 def without_diverged(ds: Any) -> tuple[Any, int]:
-    """The summary with every diverged run's values set to NaN, and how many there were."""
+    """The summary with every diverged run's values set to NaN (along `run`), and how many
+    there were."""
     diverged = ds["diverged_step"] >= 0
     count = int(diverged.sum())
     if count:
@@ -72,12 +73,12 @@ def without_diverged(ds: Any) -> tuple[Any, int]:
 def _subset(ds: Any, keep: tuple[str, ...], **fixed: Any) -> Any | None:
     """Runs with `fixed` values, other non-`keep` sweep keys at their best-populated value;
     None when a fixed value is absent."""
-    from ntkpipe.figures import select
+    from ntkpipe.summary import grid
 
     for key, value in fixed.items():
         if value not in ds[key].values:
             return None
-    return select(ds, keep, **fixed)
+    return grid(ds, keep, **fixed)
 
 
 def _boundary(ds: Any, name: str, boundary: int = 1) -> Any:

@@ -1,15 +1,18 @@
-"""Combine per-run metrics into one dataset whose dimensions are the sweep parameters.
+"""Combine per-run metrics into one dataset along `run`, and dense views of it over sweep keys.
 
-Runs are placed by index into arrays spanning the union of every coordinate (steps differ
-between runs: phase 1 stops at convergence), so cells no run fills stay NaN. Building the
-arrays directly keeps this linear in the number of runs, unlike repeated `xr.merge`.
+The summary stacks runs: every variable has dims ("run", *its own dims) and every sweep key is a
+coordinate along `run`, so its size grows with the number of runs, not with the product of the
+sweeps. Own dims span the union of every run's coordinates (steps differ between runs: phase 1
+stops at convergence) and cells a run does not fill stay NaN. Building the arrays directly keeps
+this linear in the number of runs, unlike repeated `xr.merge`. `grid` unstacks a few sweep keys
+into dimensions for a figure or a claim.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 import numpy as np
 
@@ -17,68 +20,157 @@ from ntkpipe import store
 from ntkpipe.sweep import PHASE1_KEYS, SHIFT_KEYS, SWEEP_KEYS
 
 _PER_RUN_COORDS = ("phase", "epoch")  # differ between runs along the shared `step`
+_RUN_COORDS = ("run_id", "shift_id", "similarity")  # along `run`, besides the sweep keys
+_SIMILARITY_NAME = "Jaccard similarity of task 1 and task 2 classes"
+
+
+def run_ids(ds: Any) -> tuple[str, str]:
+    """(run id, shift id) of a per-run file, from its wildcards provenance."""
+    wildcards = json.loads(ds.attrs["wildcards_json"])
+    return wildcards["run"], wildcards["shift"]
 
 
 def run_parameters(ds: Any) -> dict[str, Any]:
     """The sweep parameters of a per-run file, from its wildcards provenance."""
-    wildcards = json.loads(ds.attrs["wildcards_json"])
     from ntkpipe.sweep import parse_id
 
-    return {**parse_id(wildcards["run"], PHASE1_KEYS), **parse_id(wildcards["shift"], SHIFT_KEYS)}
+    run, shift = run_ids(ds)
+    return {**parse_id(run, PHASE1_KEYS), **parse_id(shift, SHIFT_KEYS)}
 
 
-def _sorted_union(values: list[Any]) -> np.ndarray:
-    if any(isinstance(v, str) for v in values):  # e.g. batch_size 64 and "full": all text
-        values = [str(v) for v in values]
-        return np.array(sorted(set(values)), dtype=object)
-    return np.array(sorted(set(values)))
+def _column(values: list[Any]) -> np.ndarray:
+    """Numbers stay numbers; any text (e.g. batch_size 64 and "full") makes the column text."""
+    if any(isinstance(v, str) for v in values):
+        return np.array([str(v) for v in values], dtype=object)
+    return np.array(values)
+
+
+def _sorted_union(values: Iterable[Any]) -> np.ndarray:
+    return np.sort(_column(list(set(values))))
+
+
+def _labels(ds: Any, dim: str) -> np.ndarray:
+    """A dim's coordinate values; positions when it has no coordinate."""
+    return ds[dim].values if dim in ds.coords else np.arange(ds.sizes[dim])
+
+
+def similarity(classes_per_task: Any, shared_classes: Any) -> Any:
+    """Jaccard similarity k / (2c − k) of two tasks of c classes sharing k."""
+    k = shared_classes.astype(float)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return k / (2 * classes_per_task.astype(float) - k)
 
 
 def combine(datasets: list[Any], *, provenance: dict[str, str]) -> Any:
-    """One Dataset over (sweep parameters..., own dims) from per-run metric datasets."""
+    """One Dataset along `run` from per-run metric datasets.
+
+    Runs are sorted by (run id, shift id). Coordinates along `run`: every key of SWEEP_KEYS,
+    `similarity`, `run_id`, `shift_id`. Each variable of any run has dims ("run", *its dims in
+    the first run that has it*); own dims span the sorted union of the runs' coordinates.
+    """
     import xarray as xr
 
-    params = [run_parameters(ds) for ds in datasets]
-    datasets = [ds.drop_vars([c for c in _PER_RUN_COORDS if c in ds.coords]) for ds in datasets]
-    sweep_coords = {k: _sorted_union([p[k] for p in params]) for k in SWEEP_KEYS}
+    ids = [run_ids(ds) for ds in datasets]
+    if len(set(ids)) < len(ids):
+        raise ValueError("two metrics files name the same run and shift")
+    order = sorted(range(len(datasets)), key=ids.__getitem__)
+    ids = [ids[i] for i in order]
+    params = [run_parameters(datasets[i]) for i in order]
+    datasets = [datasets[i].drop_vars([c for c in _PER_RUN_COORDS if c in datasets[i].coords])
+                for i in order]
+
+    first: dict[str, Any] = {}  # a variable's dims and attrs come from the first run with it
+    for ds in datasets:
+        for name in ds.data_vars:
+            first.setdefault(name, ds[name])
     own_dims = sorted({d for ds in datasets for d in ds.dims})
-    own_coords = {d: _sorted_union([v.item() for ds in datasets if d in ds.coords
-                                    for v in ds[d].values]) for d in own_dims}
-    names = [n for n in datasets[0].data_vars]
-    arrays: dict[str, np.ndarray] = {}
-    var_dims: dict[str, tuple[str, ...]] = {}
-    for name in names:
-        dims = datasets[0][name].dims
-        var_dims[name] = dims
-        shape = [len(sweep_coords[k]) for k in SWEEP_KEYS] + [len(own_coords[d]) for d in dims]
-        arrays[name] = np.full(shape, np.nan)
+    own_coords = {d: _sorted_union(v.item() for ds in datasets if d in ds.dims
+                                   for v in _labels(ds, d)) for d in own_dims}
+    labelled = [d for d in own_dims if any(d in ds.coords for ds in datasets)]
     lookup = {d: {v: i for i, v in enumerate(own_coords[d])} for d in own_dims}
-    sweep_lookup = {k: {v: i for i, v in enumerate(sweep_coords[k])} for k in SWEEP_KEYS}
-    for ds, p in zip(datasets, params):
-        where = tuple(sweep_lookup[k][str(p[k]) if sweep_coords[k].dtype == object else p[k]]
-                      for k in SWEEP_KEYS)
-        for name in names:
-            if name not in ds:
-                continue
-            if not var_dims[name]:
-                arrays[name][where] = ds[name].values
-                continue
-            index = [np.array([lookup[d][v.item()] for v in ds[d].values], dtype=np.intp)
-                     for d in var_dims[name]]
-            arrays[name][where][np.ix_(*index)] = ds[name].values
+    arrays = {name: np.full((len(datasets), *(len(own_coords[d]) for d in da.dims)), np.nan)
+              for name, da in first.items()}
+    for row, ds in enumerate(datasets):
+        for name in ds.data_vars:
+            dims = first[name].dims
+            cells = np.ix_(*[np.array([lookup[d][v.item()] for v in _labels(ds, d)],
+                                      dtype=np.intp) for d in dims])
+            arrays[name][(row, *cells)] = ds[name].transpose(*dims).values
+
+    sweep_coords = {k: _column([p[k] for p in params]) for k in SWEEP_KEYS}
     out = xr.Dataset(
-        {name: ((*SWEEP_KEYS, *var_dims[name]), arrays[name], datasets[0][name].attrs)
-         for name in names},
-        coords={**sweep_coords, **own_coords},
+        {name: (("run", *da.dims), arrays[name], da.attrs) for name, da in first.items()},
+        coords={**{k: ("run", v) for k, v in sweep_coords.items()},
+                "similarity": ("run", similarity(sweep_coords["classes_per_task"],
+                                                 sweep_coords["shared_classes"])),
+                "run_id": ("run", _column([r for r, _ in ids])),
+                "shift_id": ("run", _column([s for _, s in ids])),
+                **{d: own_coords[d] for d in labelled}},
     )
-    c = out["classes_per_task"].values.astype(float)
-    k = out["shared_classes"].values.astype(float)
-    out = out.assign_coords(similarity=(("classes_per_task", "shared_classes"),
-                                        k[None, :] / (2 * c[:, None] - k[None, :])))
-    out["similarity"].attrs["long_name"] = "Jaccard similarity of task 1 and task 2 classes"
+    for d in labelled:
+        out[d].attrs.update(next(ds[d].attrs for ds in datasets if d in ds.coords))
+    out["similarity"].attrs["long_name"] = _SIMILARITY_NAME
     out.attrs.update(store.dataset_attrs("ntkpipe sweep summary", provenance))
     out.attrs["runs"] = len(datasets)
     return out
+
+
+def _matches(column: np.ndarray, value: Any) -> np.ndarray:
+    """column == value along `run`, text columns compared as text."""
+    if column.dtype.kind in "OU":  # object in memory, fixed-width unicode once read back
+        return column == str(value)
+    if isinstance(value, str):
+        return np.zeros(len(column), dtype=bool)
+    return column == value
+
+
+def grid(ds: Any, keep: Iterable[str], *, count: str = "spectral_norm", **fixed: Any) -> Any:
+    """The dense view of a run-stacked summary over the sweep keys in `keep`.
+
+    Runs are filtered to the `fixed` values (keys the summary lacks are ignored; own dims such
+    as `probe` are selected). Every other sweep key with several values left is fixed, in
+    SWEEP_KEYS order, to the value whose runs hold the most finite `count` values (a sweep
+    varies few parameters; the rest sit at one value). Returns dims (kept sweep keys in
+    SWEEP_KEYS order, *own dims), coordinates the values the selected runs take; the other
+    sweep keys are scalar coordinates and `similarity` spans classes_per_task × shared_classes
+    (as far as they are dims). Cells no selected run fills are NaN.
+    """
+    keep = {keep} if isinstance(keep, str) else set(keep)
+    fixed_own = {k: v for k, v in fixed.items() if k in ds.dims and k != "run"}
+    fixed = {k: v for k, v in fixed.items() if k in SWEEP_KEYS and k in ds.coords}
+    runs = np.ones(ds.sizes["run"], dtype=bool)
+    for key, value in fixed.items():
+        runs &= _matches(ds[key].values, value)
+    finite = np.isfinite(ds[count]).sum([d for d in ds[count].dims if d != "run"]).values
+    for key in SWEEP_KEYS:
+        if key in keep or key in fixed or key not in ds.coords:
+            continue
+        column = ds[key].values
+        values = np.unique(column[runs])
+        if len(values) > 1:
+            totals = [finite[runs & (column == v)].sum() for v in values]
+            runs &= column == values[int(np.argmax(totals))]
+
+    dims = [k for k in SWEEP_KEYS if k in keep and k not in fixed and k in ds.coords]
+    sub = ds.isel(run=np.flatnonzero(runs)).sel(fixed_own)
+    scalars = {k: (sub[k].values[0] if sub.sizes["run"] else fixed.get(k))
+               for k in SWEEP_KEYS if k in ds.coords and k not in dims}
+    sub = sub.drop_vars([*scalars, *(c for c in _RUN_COORDS if c in sub.coords)])
+    if len(dims) > 1:
+        sub = sub.set_index(run=dims).unstack("run")
+    elif dims:
+        sub = sub.swap_dims(run=dims[0]).sortby(dims[0])
+    elif sub.sizes["run"] == 1:
+        sub = sub.squeeze("run")
+    else:
+        raise ValueError(f"{sub.sizes['run']} runs match {fixed}; keep a sweep key to see them")
+    sub = sub.assign_coords({k: v for k, v in scalars.items() if v is not None})
+    if "classes_per_task" in sub.coords and "shared_classes" in sub.coords:
+        sim = similarity(sub["classes_per_task"], sub["shared_classes"])
+        sim = sim.transpose(*[d for d in ("classes_per_task", "shared_classes") if d in sim.dims])
+        sub = sub.assign_coords(similarity=sim)
+        sub["similarity"].attrs["long_name"] = _SIMILARITY_NAME
+    return sub.transpose(*dims, ...)
 
 
 def collect(metric_paths: list[str | Path], out: str | Path, *,
@@ -88,6 +180,6 @@ def collect(metric_paths: list[str | Path], out: str | Path, *,
     if not datasets:
         raise ValueError("no metrics files to collect")
     summary = combine(datasets, provenance=provenance)
-    encoding = {k: {"dtype": "str"} for k in SWEEP_KEYS if summary[k].dtype == object}
+    encoding = {k: {"dtype": "str"} for k in summary.variables if summary[k].dtype == object}
     with store.atomic_path(out) as tmp:
         summary.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
