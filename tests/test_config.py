@@ -70,6 +70,11 @@ BAD = [
     ({"experiments": "w"}, "'experiments' is 'w'"),
     ({"results": "../elsewhere"}, "'results'"),
     ({"sweeps": {}}, "'sweeps' is empty"),
+    ({"train": {"phase1": {"target_loss": {"hinge": 0.1}}}}, "'train.phase1.target_loss'"),
+    ({"train": {"phase1": {"max_epochs": {"sgd": 10}}},
+      "sweeps": {"w": {"optimizer": ["gd"]}}}, "has no entry for it; add gd: <epochs>"),
+    ({"sweeps": {"w": {"analyses": ["hessian"]}}}, "'sweeps.w.analyses[0]' is 'hessian'"),
+    ({"analysis": {"sharpness": {"subset": 0}}}, "'analysis.sharpness.subset'"),
 ]
 
 
@@ -153,3 +158,26 @@ def test_source_hash_changes_with_the_code_a_rule_uses(tmp_path, monkeypatch):
     assert smk.source_hash("train") == before  # unrelated module: no rerun
     (package / "train.py").write_text("x = 2\n")
     assert smk.source_hash("train") != before
+
+
+def test_stopping_rules_by_loss_and_optimizer():
+    from ntkpipe.stages.training import max_epochs, target_loss
+
+    phase1 = config.validate(with_({"train": {"phase1": {
+        "target_loss": {"mse": 0.05}, "max_epochs": {"sgd": 30, "gd": 900}}}}))["train"]["phase1"]
+    assert target_loss(phase1, "mse") == 0.05 and target_loss(phase1, "cross_entropy") is None
+    assert max_epochs(phase1, "gd") == 900 and max_epochs(phase1, "sgd") == 30
+    plain = config.validate(BASE)["train"]["phase1"]
+    assert target_loss(plain, "mse") is None and max_epochs(plain, "gd") == 100
+    assert target_loss({"target_loss": 0.1}, "cross_entropy") == 0.1
+
+
+def test_run_analyses_are_the_union_of_the_sweeps_of_a_run():
+    cfg = config.validate({"sweeps": {
+        "a": {"width": [16, 32], "analyses": ["sharpness"]},
+        "b": {"width": [32], "analyses": ["train_kernel"]},
+        "c": {"width": [64]}}})
+    found = {sweep.parse_id(run, sweep.PHASE1_KEYS)["width"]: names
+             for (run, _), names in sweep.run_analyses(cfg).items()}
+    assert found == {16: ["sharpness"], 32: ["sharpness", "train_kernel"], 64: []}
+    assert len(sweep.all_points(cfg)) == 3  # `analyses` is not a run parameter

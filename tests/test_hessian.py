@@ -145,6 +145,32 @@ def test_gauss_newton_equals_hessian_for_linear_mse():
         h.ntk_sharpness(mat)
 
 
+def test_gauss_newton_equals_hessian_for_linear_cross_entropy():
+    """A linear model's outputs have no curvature: the CE Hessian is exactly its Gauss–Newton
+    part Jᵀ(diag p − ppᵀ)J/n, computed here from the full NTK and the outputs."""
+    x, y = _data(5)
+    model = _linear(seed=5)
+    top = h.top_hessian_eigenvalues(model, x, y, "cross_entropy", k=1, tol=1e-12)[0]
+    full = empirical_ntk(model, x, mode="full", dtype=torch.float64)
+    with torch.no_grad():
+        outputs = model.double()(x.double())
+    assert h.gauss_newton_sharpness(full, outputs, "cross_entropy") == pytest.approx(top,
+                                                                                     rel=1e-8)
+    assert h.gauss_newton_sharpness(full, outputs, "mse") == h.ntk_sharpness(full)
+    with pytest.raises(ValueError, match="loss"):
+        h.gauss_newton_sharpness(full, outputs, "hinge")
+
+
+def test_warm_start_gives_the_same_eigenpairs():
+    x, y = _data(6)
+    model = _linear(seed=6)
+    cold_vals, cold_vecs = h.top_hessian_eigen(model, x, y, "mse", k=2, tol=1e-12)
+    warm_vals, _ = h.top_hessian_eigen(model, x, y, "mse", k=2, tol=1e-12,
+                                       start=cold_vecs[:, 0] + 1e-3)
+    np.testing.assert_allclose(warm_vals, cold_vals, rtol=1e-10)
+    assert np.all(np.diff(cold_vals) <= 0)
+
+
 def test_deterministic_and_model_untouched():
     x, y = _data(4)
     model = _mlp(2)

@@ -13,6 +13,8 @@ def test_snapshot_schedule_exact():
     assert snapshot_schedule(100, 5) == [0, 1, 3, 10, 32, 100]
     assert snapshot_schedule(100, 5, dense_steps=4) == [0, 1, 2, 3, 4, 10, 32, 100]
     assert snapshot_schedule(3, 5, dense_steps=10) == [0, 1, 2, 3]
+    assert snapshot_schedule(20, 2, every=6) == [0, 1, 6, 12, 18, 20]
+    assert snapshot_schedule(5, 2, dense_steps=1, every=0) == [0, 1, 5]
 
 
 def test_losses_exact():

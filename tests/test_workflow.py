@@ -209,3 +209,62 @@ def test_bad_input_inside_a_job_is_one_line(tmp_path, damage):
     assert ("mnist" in log) if damage == "missing dataset" else ("phase1.pt" in log)
     assert "ntkpipe: " in out.stderr
     assert not list((tmp_path / "out").rglob("metrics.nc"))
+
+
+DYNAMICS = {
+    "results": "out",
+    "probe": {"size": 20, "tasks": [1]},
+    "train": {"loss": "mse", "optimizer": "gd", "batch_size": "full",
+              "phase1": {"target_loss": {"mse": 1e-6}, "max_epochs": {"gd": 12}},
+              "snapshots": {"log_points": 3}},
+    "analysis": {"sharpness": {"every": 4, "subset": 30},
+                 "train_kernel": {"loss_points": 20}},
+    "sweeps": {
+        "eos": {"analyses": ["sharpness"], "n_tasks": [1], "width": [16],
+                "regime": ["feature"], "activation": ["tanh"], "lr": [0.05, 0.1]},
+        "features": {"analyses": ["train_kernel", "specialization"], "n_tasks": [1],
+                     "width": [16], "regime": ["feature"], "activation": ["relu", "linear"],
+                     "depth": [1, 2], "lr": [0.05]},
+    },
+}
+
+
+@pytest.fixture(scope="module")
+def dynamics(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("dynamics")
+    plan = jobs(snakemake(workdir, DYNAMICS, "--dry-run").stdout)
+    done = snakemake(workdir, DYNAMICS)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return workdir, plan
+
+
+def test_analyses_run_only_where_a_sweep_asks(dynamics):
+    _, plan = dynamics
+    assert plan["sharpness"] == 2 and plan["train_kernel"] == 4
+    assert "train_phase2" not in plan  # a single task has no phase 2
+
+
+def test_analyses_reach_the_summary(dynamics):
+    workdir, _ = dynamics
+    ds = xr.open_dataset(workdir / "out/summary/metrics.nc")
+    eos = ds.where(ds["activation"] == "tanh", drop=True)
+    np.testing.assert_allclose(eos["stability_threshold"].values, [40.0, 20.0])
+    assert np.isfinite(eos["sharpness"].values).any()
+    assert np.isnan(eos["kgd_loss"].values).all()  # not asked for in that sweep
+    feats = ds.where(ds["activation"] != "tanh", drop=True)
+    assert feats.sizes["run"] == 4 and np.isnan(feats["sharpness"].values).all()
+    for name in ("kgd_loss", "akgd_loss", "effective_gamma", "eigen_exponent",
+                 "specialization", "layer_alignment"):
+        assert np.isfinite(feats[name].values).any(), name
+    first = feats.isel(loss_point=0)
+    np.testing.assert_allclose(first["kgd_loss"].values, first["network_loss"].values,
+                               rtol=1e-5)
+
+
+def test_an_analysis_setting_reruns_only_that_analysis(dynamics):
+    workdir, _ = dynamics
+    changed = {**DYNAMICS, "analysis": {**DYNAMICS["analysis"],
+                                        "sharpness": {"every": 4, "subset": 20}}}
+    plan = jobs(snakemake(workdir, changed, "--dry-run").stdout)
+    assert plan["sharpness"] == 2 and plan["metrics"] == 2
+    assert not {"train_phase1", "extract_ntk", "train_kernel"} & set(plan)

@@ -117,6 +117,11 @@ def _check_sweep(name: str, config: dict[str, Any]) -> None:
                 f"'{key}': {n} tasks of {c} classes sharing {k} need {needed} classes, but "
                 f"{point['dataset']} has {total}; lower n_tasks or classes_per_task, or raise "
                 "shared_classes")
+        limit = config["train"]["phase1"]["max_epochs"]
+        if isinstance(limit, dict) and point["optimizer"] not in limit:
+            raise ConfigError(f"'{key}.optimizer' is {point['optimizer']!r} but "
+                              f"'train.phase1.max_epochs' has no entry for it; add "
+                              f"{point['optimizer']}: <epochs>")
         if point["arch"] == "cnn-relu" and point["dataset"] == "digits":
             raise ConfigError(f"'{key}.arch': cnn-relu pools twice and needs images of at "
                               "least 16×16; digits are 8×8 (use mlp or cnn)")

@@ -92,6 +92,28 @@ def parameter_dimension(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
+def top_hessian_eigen(model: nn.Module, x: Tensor, y: Tensor, loss: LossSpec, k: int = 1, *,
+                      iters: int = 1000, tol: float = 1e-8, seed: int = 0,
+                      start: np.ndarray | None = None, batch: int | None = None,
+                      dtype: torch.dtype | None = torch.float64
+                      ) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest eigenvalues (descending) of the Hessian of the mean loss over (x, y) and
+    their eigenvectors (columns, flat in `named_parameters` order); see
+    `top_hessian_eigenvalues`. `start` is the Lanczos start vector (e.g. the top eigenvector at
+    the previous snapshot, which converges in far fewer products); default random from `seed`."""
+    dim = parameter_dimension(model)
+    if not 1 <= k < dim:
+        raise ValueError(f"k must be in 1..{dim - 1} (number of parameters - 1), got {k}")
+    op = LinearOperator((dim, dim), matvec=hessian_vector_product(model, x, y, loss,
+                                                                  batch=batch, dtype=dtype),
+                        dtype=np.float64)
+    v0 = np.random.default_rng(seed).standard_normal(dim) if start is None else start
+    vals, vecs = eigsh(op, k=k, which="LA", v0=v0, tol=tol, maxiter=iters,
+                       ncv=min(dim, max(2 * k + 1, 20)))
+    order = np.argsort(vals)[::-1]
+    return vals[order], vecs[:, order]
+
+
 def top_hessian_eigenvalues(model: nn.Module, x: Tensor, y: Tensor, loss: LossSpec, k: int = 1,
                             *, iters: int = 1000, tol: float = 1e-8, seed: int = 0,
                             batch: int | None = None,
@@ -107,16 +129,8 @@ def top_hessian_eigenvalues(model: nn.Module, x: Tensor, y: Tensor, loss: LossSp
     train/eval mode. The model (parameters, .grad, buffers) is not modified. Raises scipy's
     ArpackNoConvergence if Lanczos has not converged within `iters` restarts.
     """
-    dim = parameter_dimension(model)
-    if not 1 <= k < dim:
-        raise ValueError(f"k must be in 1..{dim - 1} (number of parameters - 1), got {k}")
-    op = LinearOperator((dim, dim), matvec=hessian_vector_product(model, x, y, loss,
-                                                                  batch=batch, dtype=dtype),
-                        dtype=np.float64)
-    v0 = np.random.default_rng(seed).standard_normal(dim)
-    vals = eigsh(op, k=k, which="LA", v0=v0, tol=tol, maxiter=iters,
-                 ncv=min(dim, max(2 * k + 1, 20)), return_eigenvectors=False)
-    return np.sort(vals)[::-1]
+    return top_hessian_eigen(model, x, y, loss, k, iters=iters, tol=tol, seed=seed,
+                             batch=batch, dtype=dtype)[0]
 
 
 def ntk_sharpness(full_kernel: Any, n: int | None = None) -> float:
@@ -134,3 +148,27 @@ def ntk_sharpness(full_kernel: Any, n: int | None = None) -> float:
     # H = JᵀJ/n + (1/n) Σ_{i,a} (f_a(x_i) − y_ia) ∇²f_a(x_i); JᵀJ/n shares its nonzero
     # eigenvalues with J Jᵀ/n = Θ_full/n (Jiang, Cohen & Li 2025; science.md §2)
     return float(top_eigenvalues(k, 1)[0] / n)
+
+
+def gauss_newton_sharpness(full_kernel: Any, outputs: Any, loss: str) -> float:
+    """Top eigenvalue of the Gauss–Newton part G = (1/n) Σ_i J_iᵀ H_i J_i of the Hessian of a
+    mean loss over n samples, from the full NTK (n, n, O, O) and the outputs (n, O).
+
+    H_i is the Hessian of the loss in the outputs: I for MSE (G's top eigenvalue is then
+    λ_max(Θ_full)/n, `ntk_sharpness`), diag(p_i) − p_i p_iᵀ with p_i = softmax(f(x_i)) for
+    cross-entropy. G shares its nonzero eigenvalues with S Θ S / n, S = blockdiag(H_i^½).
+    """
+    if loss == "mse":
+        return ntk_sharpness(full_kernel)
+    if loss != "cross_entropy":
+        raise ValueError(f"loss must be 'mse' or 'cross_entropy', got {loss!r}")
+    k, f = as_array(full_kernel), as_array(outputs)
+    n, _, o, _ = k.shape
+    p = np.exp(f - f.max(axis=1, keepdims=True))
+    p /= p.sum(axis=1, keepdims=True)
+    hess = np.einsum("ia,ab->iab", p, np.eye(o)) - np.einsum("ia,ib->iab", p, p)
+    vals, vecs = np.linalg.eigh(hess)
+    root = np.einsum("iab,ib,icb->iac", vecs, np.sqrt(np.clip(vals, 0, None)), vecs)
+    # (S Θ S)[(i,a),(j,b)] = Σ_{c,d} S_i[a,c] Θ[i,j,c,d] S_j[d,b]
+    scaled = np.einsum("iac,ijcd,jdb->ijab", root, k, root)
+    return float(top_eigenvalues(full_to_matrix(scaled), 1)[0] / n)

@@ -92,19 +92,29 @@ def spectral_norms(kernels: Any) -> np.ndarray:
     return out
 
 
-def top_eigen_stack(kernels: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
-    """λ_max and the top-eigenvector alignment (u₁ᵀy)²/‖y‖² (summed over output columns) of
-    each kernel of a stack, from one eigendecomposition each; NaN for non-finite kernels."""
+def eigen_alignment_stack(kernels: Any, y: Any, top: int) -> tuple[np.ndarray, np.ndarray]:
+    """The `top` largest eigenvalues (descending) of each kernel of a stack and the alignment of
+    their eigenvectors with the targets, a_i = Σ_o (u_iᵀy_o)² / ‖y‖²: (B, top) each, from one
+    eigendecomposition per kernel; NaN rows for non-finite kernels."""
     ks, y = as_array(kernels), as_array(y)
     y = y[:, None] if y.ndim == 1 else y
     ks = (ks + ks.transpose(0, 2, 1)) / 2
-    top, align = np.full(len(ks), np.nan), np.full(len(ks), np.nan)
+    top = min(top, ks.shape[-1])
+    values, align = np.full((len(ks), top), np.nan), np.full((len(ks), top), np.nan)
     finite = np.isfinite(ks).all(axis=(1, 2))
     if finite.any():
-        values, vectors = np.linalg.eigh(ks[finite])
-        top[finite] = values[:, -1]
-        align[finite] = ((vectors[:, :, -1] @ y) ** 2).sum(axis=1) / np.sum(y * y)
-    return top, align
+        vals, vecs = np.linalg.eigh(ks[finite])
+        values[finite] = vals[:, ::-1][:, :top]
+        proj = np.einsum("bnk,no->bko", vecs[:, :, ::-1][:, :, :top], y)
+        align[finite] = (proj ** 2).sum(axis=2) / np.sum(y * y)
+    return values, align
+
+
+def top_eigen_stack(kernels: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
+    """λ_max and the top-eigenvector alignment (u₁ᵀy)²/‖y‖² (summed over output columns) of
+    each kernel of a stack; NaN for non-finite kernels."""
+    values, align = eigen_alignment_stack(kernels, y, 1)
+    return values[:, 0], align[:, 0]
 
 
 def target_alignments(kernels: Any, y: Any) -> np.ndarray:

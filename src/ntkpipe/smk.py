@@ -91,3 +91,8 @@ def setup(snakemake: Any) -> tuple[Callable[[str], None], dict[str, str]]:
         print(line, file=handle, flush=True)
 
     return log, prov
+
+
+def snapshot_files(snakemake: Any) -> list[str]:
+    """A job's snapshot inputs in phase order (phase 2 is absent for a single task)."""
+    return [snakemake.input[k] for k in ("phase1", "phase2") if k in snakemake.input.keys()]

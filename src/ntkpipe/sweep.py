@@ -17,6 +17,9 @@ SHIFT_KEYS = ("shift", "shared_classes", "alpha", "n_tasks")
 SWEEP_KEYS = PHASE1_KEYS + SHIFT_KEYS
 SPLIT_KEYS = ("dataset", "classes_per_task", "seed")
 
+# Sweep fields that are not run parameters.
+_SWEEP_FIELDS = ("description", "analyses")
+
 _FLOAT_KEYS = {"lr", "alpha"}
 _INT_KEYS = {"classes_per_task", "depth", "width", "seed", "shared_classes", "n_tasks"}
 
@@ -56,7 +59,7 @@ def parse_value(key: str, text: str) -> Any:
 def sweep_points(config: dict[str, Any], name: str) -> list[dict[str, Any]]:
     """Every distinct parameter set of one sweep (shift-irrelevant keys normalised)."""
     grid = {**{k: [v] for k, v in _defaults(config).items()},
-            **{k: v for k, v in config["sweeps"][name].items() if k != "description"}}
+            **{k: v for k, v in config["sweeps"][name].items() if k not in _SWEEP_FIELDS}}
     points: dict[tuple, dict[str, Any]] = {}
     for values in itertools.product(*(grid[k] for k in SWEEP_KEYS)):
         point = dict(zip(SWEEP_KEYS, values))
@@ -128,6 +131,17 @@ def iter_runs(config: dict[str, Any]) -> Iterator[tuple[str, str]]:
     """(run id, shift id) of every run of the active sweeps."""
     for point in all_points(config):
         yield run_id(point), shift_id(point)
+
+
+def run_analyses(config: dict[str, Any]) -> dict[tuple[str, str], list[str]]:
+    """{(run id, shift id): sorted analyses} of every run of the active sweeps: the union of
+    the `analyses` of each sweep the run belongs to."""
+    out: dict[tuple[str, str], set[str]] = {}
+    for name in active_sweeps(config):
+        wanted = config["sweeps"][name].get("analyses", [])
+        for point in sweep_points(config, name):
+            out.setdefault((run_id(point), shift_id(point)), set()).update(wanted)
+    return {key: sorted(value) for key, value in out.items()}
 
 
 def effective_lr(lr: float, regime: str, width: int, reference_width: int,

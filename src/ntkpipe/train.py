@@ -25,11 +25,14 @@ from ntkpipe.progress import ProgressBar
 LOSSES = ("cross_entropy", "mse")
 
 
-def snapshot_schedule(max_steps: int, log_points: int, dense_steps: int = 0) -> list[int]:
-    """Steps (relative to a phase start) to snapshot: 0, every step up to `dense_steps`, and
-    `log_points` log-spaced steps up to `max_steps`."""
+def snapshot_schedule(max_steps: int, log_points: int, dense_steps: int = 0,
+                      every: int = 0) -> list[int]:
+    """Steps (relative to a phase start) to snapshot: 0, every step up to `dense_steps`,
+    `log_points` log-spaced steps up to `max_steps`, and every `every`-th step (0: none)."""
     log_spaced = np.unique(np.round(np.geomspace(1, max(max_steps, 1), log_points)).astype(int))
     steps = {0, *range(1, min(dense_steps, max_steps) + 1), *log_spaced.tolist()}
+    if every > 0:
+        steps.update(range(every, max_steps + 1, every))
     return sorted(s for s in steps if s <= max_steps)
 
 
@@ -89,6 +92,7 @@ class Schedule:
     seed: int = 0
     log_points: int = 16
     checkpoint_every: int = 200
+    snapshot_every: int = 0  # also snapshot every this many steps of each task (0: off)
 
 
 @dataclass
@@ -184,7 +188,7 @@ def train_tasks(model: nn.Module, tasks: list[TaskSpec], schedule: Schedule, *,
         if len(record.boundaries) == record.task_index:
             record.boundaries.append(task_start)
         wanted = set(snapshot_schedule(task.max_epochs * per_epoch, schedule.log_points,
-                                       task.dense_steps))
+                                       task.dense_steps, schedule.snapshot_every))
         if record.epoch == 0 and record.task_index == 0 and 0 in wanted:
             record.snapshot(model, record.step, 0, task.number)
         converged = False

@@ -21,6 +21,10 @@ wildcard_constraints:
     dataset="[a-z0-9]+",
 
 RUNS = sorted(set(ntksweep.iter_runs(config)))
+ANALYSES = ntksweep.run_analyses(config)  # {(run, shift): analyses its sweeps turn on}
+PHASE1_ANALYSES = {}
+for (_run, _shift), _names in ANALYSES.items():
+    PHASE1_ANALYSES.setdefault(_run, set()).update(_names)
 METRICS = [f"{R}/runs/{run}/{shift}/metrics.nc" for run, shift in RUNS]
 SUMMARY = f"{R}/summary/metrics.nc"
 FIGURE_NAMES = ntkfigures.applicable(ntksweep.all_points(config))
@@ -60,22 +64,47 @@ def split_settings(n_tasks=1, shared_classes=0, alpha=0.0):
     }
 
 
-def phase1_settings():
+def analyses_of(wildcards):
+    """The analyses of a (run, shift)."""
+    return ANALYSES.get((wildcards.run, wildcards.shift), [])
+
+
+def snapshot_every(analyses):
+    """Extra snapshots every k steps where sharpness is measured (0: none)."""
+    return config["analysis"]["sharpness"]["every"] if "sharpness" in analyses else 0
+
+
+def lr_settings():
+    """What turns a run's lr into the learning rate it trains with."""
+    t = config["train"]
+    return {"lazy_reference_width": t["lazy_reference_width"],
+            "lazy_lr_scale": t["lazy_lr_scale"]}
+
+
+def phase1_settings(wildcards):
     """Training settings phase 1 depends on (phase-2 settings excluded: no retraining)."""
     t = config["train"]
-    return {"momentum": t["momentum"], "lazy_reference_width": t["lazy_reference_width"],
-            "lazy_lr_scale": t["lazy_lr_scale"], "phase1": t["phase1"],
+    return {"momentum": t["momentum"], **lr_settings(), "phase1": t["phase1"],
             "snapshots": {"log_points": t["snapshots"]["log_points"]},
+            "snapshot_every": snapshot_every(PHASE1_ANALYSES.get(wildcards.run, ())),
             "checkpoint_every": t["checkpoint_every"]}
 
 
-def phase2_settings():
+def phase2_settings(wildcards):
     """Training settings phase 2 depends on."""
     t = config["train"]
-    return {"momentum": t["momentum"], "lazy_reference_width": t["lazy_reference_width"],
-            "lazy_lr_scale": t["lazy_lr_scale"], "phase2": t["phase2"],
-            "snapshots": t["snapshots"],
+    return {"momentum": t["momentum"], **lr_settings(), "phase2": t["phase2"],
+            "snapshots": t["snapshots"], "snapshot_every": snapshot_every(analyses_of(wildcards)),
             "checkpoint_every": t["checkpoint_every"]}
+
+
+def ntk_settings(wildcards):
+    """NTK settings of a run: the specialization analysis adds the per-output and per-layer
+    kernels to the configured ones."""
+    kernels = list(config["ntk"]["kernels"])
+    if "specialization" in analyses_of(wildcards):
+        kernels += [k for k in ("per_output", "per_layer") if k not in kernels]
+    return {**config["ntk"], "kernels": kernels}
 
 
 def model_settings():

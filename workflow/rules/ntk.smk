@@ -1,10 +1,18 @@
+def snapshot_inputs(wildcards):
+    """Data, split and the snapshot files of a run (no phase 2 for a single task)."""
+    run = f"{R}/runs/{wildcards.run}"
+    inputs = {"data": f"{R}/data/{run_params(wildcards)['dataset']}.npz",
+              "split": f"{R}/splits/{split_of(wildcards)}/{wildcards.shift}/tasks.npz",
+              "phase1": f"{run}/phase1_snapshots.pt"}
+    if shift_params(wildcards)["n_tasks"] > 1:
+        inputs["phase2"] = f"{run}/{wildcards.shift}/phase2_snapshots.pt"
+    return inputs
+
+
 rule extract_ntk:
     """Empirical NTK at every snapshot of both phases, on each probe set."""
     input:
-        data=lambda wc: f"{R}/data/{run_params(wc)['dataset']}.npz",
-        split=lambda wc: f"{R}/splits/{split_of(wc)}/{wc.shift}/tasks.npz",
-        phase1=f"{R}/runs/{{run}}/phase1_snapshots.pt",
-        phase2=f"{R}/runs/{{run}}/{{shift}}/phase2_snapshots.pt",
+        unpack(snapshot_inputs),
     output:
         f"{R}/runs/{{run}}/{{shift}}/ntk.nc",
     log:
@@ -19,7 +27,60 @@ rule extract_ntk:
     params:
         run=run_params,
         model=model_settings(),
-        ntk=config["ntk"],
-        code=ntksmk.source_hash("models", "ntk", "stages", "store", "train"),
+        ntk=ntk_settings,
+        code=ntksmk.source_hash("models", "ntk", "stages/data", "stages/training",
+                                "stages/kernels", "store", "train"),
     script:
         "../scripts/extract_ntk.py"
+
+
+rule sharpness:
+    """Edge of stability: top Hessian eigenvalues and λ_max(full NTK)/n at every snapshot."""
+    input:
+        unpack(snapshot_inputs),
+    output:
+        f"{R}/runs/{{run}}/{{shift}}/sharpness.nc",
+    log:
+        f"{R}/logs/runs/{{run}}/{{shift}}/sharpness.log",
+    benchmark:
+        f"{R}/benchmarks/runs/{{run}}/{{shift}}/sharpness.tsv"
+    threads: 1
+    resources:
+        gpu=1,
+    params:
+        run=run_params,
+        model=model_settings(),
+        train=lr_settings(),
+        sharpness=config["analysis"]["sharpness"],
+        code=ntksmk.source_hash("hessian", "models", "ntk", "spectra", "stages/analyses",
+                                "stages/data", "stages/kernels", "stages/training", "store",
+                                "train"),
+    script:
+        "../scripts/sharpness.py"
+
+
+rule train_kernel:
+    """Feature evolution: the traced NTK on task 1's training set at the start and the end of
+    phase 1, the network's outputs there and its loss at every step."""
+    input:
+        data=lambda wc: f"{R}/data/{run_params(wc)['dataset']}.npz",
+        split=lambda wc: f"{R}/splits/{split_of(wc)}/task1.npz",
+        phase1=f"{R}/runs/{{run}}/phase1_snapshots.pt",
+    output:
+        f"{R}/runs/{{run}}/train_kernel.nc",
+    log:
+        f"{R}/logs/runs/{{run}}/train_kernel.log",
+    benchmark:
+        f"{R}/benchmarks/runs/{{run}}/train_kernel.tsv"
+    threads: 1
+    resources:
+        gpu=1,
+    params:
+        run=run_params,
+        model=model_settings(),
+        train=lr_settings(),
+        ntk={k: config["ntk"][k] for k in ("dtype", "max_memory_gb")},
+        code=ntksmk.source_hash("models", "ntk", "stages/analyses", "stages/data",
+                                "stages/kernels", "stages/training", "store"),
+    script:
+        "../scripts/train_kernel.py"

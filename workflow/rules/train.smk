@@ -15,9 +15,10 @@ rule train_phase1:
         gpu=1,
     params:
         run=run_params,
-        train=phase1_settings(),
+        train=phase1_settings,
         model=model_settings(),
-        code=ntksmk.source_hash("models", "train", "stages", "store", "sweep"),
+        code=ntksmk.source_hash("models", "train", "stages/data", "stages/training", "store",
+                                "sweep"),
     script:
         "../scripts/train_phase1.py"
 
@@ -40,8 +41,9 @@ rule train_phase2:
         gpu=1,
     params:
         run=run_params,
-        train=phase2_settings(),
+        train=phase2_settings,
         model=model_settings(),
-        code=ntksmk.source_hash("models", "train", "stages", "store", "sweep"),
+        code=ntksmk.source_hash("models", "train", "stages/data", "stages/training", "store",
+                                "sweep"),
     script:
         "../scripts/train_phase2.py"

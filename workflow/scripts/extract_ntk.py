@@ -3,6 +3,6 @@ from ntkpipe import smk, stages
 
 log, provenance = smk.setup(snakemake)
 stages.extract_ntk(snakemake.input.data, snakemake.input.split,
-                   [snakemake.input.phase1, snakemake.input.phase2], snakemake.output[0],
+                   smk.snapshot_files(snakemake), snakemake.output[0],
                    run=snakemake.params.run, model_cfg=snakemake.params.model,
                    ntk_cfg=snakemake.params.ntk, provenance=provenance, log=log)

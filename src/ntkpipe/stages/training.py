@@ -1,0 +1,131 @@
+"""Training stages: phase 1 on task 1, phase 2 from its checkpoint on the later tasks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ntkpipe import store
+from ntkpipe.stages.data import Log, compute_device, load_data, load_split, quiet, tensors
+from ntkpipe.sweep import effective_lr
+
+if TYPE_CHECKING:
+    import torch
+
+    from ntkpipe.train import Record, Schedule
+
+
+def make_model(data: dict[str, Any], run: dict[str, Any], model_cfg: dict[str, Any]
+               ) -> "torch.nn.Module":
+    """The network of a run, at its initialisation."""
+    from ntkpipe.models import build_model
+
+    return build_model(run["arch"], tuple(data["x_train"].shape[1:]), data["num_classes"],
+                       width=run["width"], depth=run["depth"], activation=run["activation"],
+                       regime=run["regime"], bias=model_cfg["bias"],
+                       bias_std=model_cfg["bias_std"], seed=run["seed"])
+
+
+def _schedule(run: dict[str, Any], train_cfg: dict[str, Any]) -> "Schedule":
+    from ntkpipe.train import Schedule
+
+    return Schedule(lr=effective_lr(run["lr"], run["regime"], run["width"],
+                                    train_cfg["lazy_reference_width"], train_cfg["lazy_lr_scale"]),
+                    loss=run["loss"], optimizer=run["optimizer"],
+                    momentum=train_cfg["momentum"], batch_size=run["batch_size"],
+                    seed=run["seed"], log_points=train_cfg["snapshots"]["log_points"],
+                    checkpoint_every=train_cfg["checkpoint_every"],
+                    snapshot_every=train_cfg.get("snapshot_every", 0))
+
+
+def target_loss(phase1: dict[str, Any], loss: str) -> float | None:
+    """The training loss phase 1 stops at for a run with this loss (None: stop on accuracy)."""
+    target = phase1.get("target_loss")
+    return target.get(loss) if isinstance(target, dict) else target
+
+
+def max_epochs(phase1: dict[str, Any], optimizer: str) -> int:
+    """Phase 1's epoch limit for a run with this optimizer."""
+    limit = phase1["max_epochs"]
+    if isinstance(limit, dict):
+        if optimizer not in limit:
+            raise ValueError(f"train.phase1.max_epochs has no entry for optimizer {optimizer!r}")
+        return int(limit[optimizer])
+    return int(limit)
+
+
+def _save_phase(record: "Record", model: "torch.nn.Module", optimizer_state: dict,
+                checkpoint_out: str | Path, snapshots_out: str | Path, meta: dict) -> None:
+    store.save_torch({**record.stacked(), **meta}, snapshots_out)
+    store.save_torch({"format": "ntkpipe.checkpoint/1",
+                      "model": {k: v.cpu() for k, v in model.state_dict().items()},
+                      "optimizer": optimizer_state, "step": record.step,
+                      "diverged_step": record.diverged_step, **meta}, checkpoint_out)
+
+
+def train_phase1(data_path: str | Path, split_path: str | Path, checkpoint_out: str | Path,
+                 snapshots_out: str | Path, *, run: dict[str, Any], train_cfg: dict[str, Any],
+                 model_cfg: dict[str, Any], provenance: dict[str, str],
+                 log: Log = quiet) -> Record:
+    """Phase 1: train a fresh network on task 1 until it converges (or max_epochs)."""
+    import torch
+
+    from ntkpipe.train import TaskSpec, train_tasks
+
+    data, split = load_data(data_path), load_split(split_path)
+    device = compute_device()
+    provenance = {**provenance, "device": str(device)}
+    arrays = tensors(data, device)
+    model = make_model(data, run, model_cfg).to(device)
+    idx = torch.from_numpy(split.train[0]).to(device)
+    p1 = train_cfg["phase1"]
+    task = TaskSpec(1, arrays["x_train"][idx], arrays["y_train"][idx],
+                    max_epochs=max_epochs(p1, run["optimizer"]),
+                    target_accuracy=p1["target_accuracy"],
+                    min_epochs=p1["min_epochs"], target_loss=target_loss(p1, run["loss"]))
+    resume = Path(str(checkpoint_out) + ".resume")
+    record, opt_state = train_tasks(model, [task], _schedule(run, train_cfg),
+                                    resume_path=resume, log=log)
+    meta = {"run_json": json.dumps(run, sort_keys=True), "provenance": provenance}
+    _save_phase(record, model, opt_state, checkpoint_out, snapshots_out, meta)
+    resume.unlink(missing_ok=True)
+    return record
+
+
+def train_phase2(data_path: str | Path, split_path: str | Path, checkpoint_in: str | Path,
+                 checkpoint_out: str | Path, snapshots_out: str | Path, *, run: dict[str, Any],
+                 train_cfg: dict[str, Any], model_cfg: dict[str, Any],
+                 provenance: dict[str, str], log: Log = quiet) -> Record:
+    """Phase 2: start from the phase-1 checkpoint and train on tasks 2..n in turn."""
+    import torch
+
+    from ntkpipe.train import Record, TaskSpec, train_tasks
+
+    data, split = load_data(data_path), load_split(split_path)
+    start = store.load_torch(checkpoint_in)
+    device = compute_device()
+    provenance = {**provenance, "device": str(device)}
+    arrays = tensors(data, device)
+    model = make_model(data, run, model_cfg).to(device)
+    model.load_state_dict(start["model"])
+    tasks = []
+    for number in range(2, len(split.train) + 1):
+        idx = torch.from_numpy(split.train[number - 1]).to(device)
+        tasks.append(TaskSpec(number, arrays["x_train"][idx], arrays["y_train"][idx],
+                              max_epochs=train_cfg["phase2"]["epochs"],
+                              dense_steps=train_cfg["snapshots"]["dense_steps"]))
+    meta = {"run_json": json.dumps(run, sort_keys=True), "provenance": provenance}
+    resume = Path(str(checkpoint_out) + ".resume")
+    if start["diverged_step"] >= 0:  # nothing to continue from: record the divergence only
+        log(f"phase 1 diverged at step {start['diverged_step']}; phase 2 not trained")
+        record = Record(step=start["step"], diverged_step=start["diverged_step"])
+        opt_state = start["optimizer"]
+    else:
+        record, opt_state = train_tasks(model, tasks, _schedule(run, train_cfg),
+                                        start_step=start["step"],
+                                        optimizer_state=start["optimizer"],
+                                        resume_path=resume, log=log)
+    _save_phase(record, model, opt_state, checkpoint_out, snapshots_out, meta)
+    resume.unlink(missing_ok=True)
+    return record

@@ -1,0 +1,161 @@
+"""The per-run analysis stages (sharpness, training-set kernel) and what the metrics stage makes
+of them, on a tiny digits run, cross-checked against independent computations."""
+
+import numpy as np
+import pytest
+import torch
+import xarray as xr
+
+from ntkpipe import stages, store
+from ntkpipe.stages.analyses import sharpness_subset
+from ntkpipe.stages.kernels import load_snapshots
+
+PROV = {"wildcards_json": "{}"}
+RUN = {"dataset": "digits", "classes_per_task": 3, "arch": "mlp", "depth": 1,
+       "activation": "tanh", "optimizer": "gd", "loss": "mse", "batch_size": "full",
+       "regime": "feature", "width": 8, "lr": 0.05, "seed": 3}
+MODEL = {"bias": True, "bias_std": 0.1}
+TRAIN = {"momentum": 0.0, "lazy_reference_width": 256, "lazy_lr_scale": 10.0,
+         "phase1": {"target_accuracy": 0.99, "target_loss": {"mse": 1e-9}, "min_epochs": 1,
+                    "max_epochs": {"sgd": 2, "gd": 12}},
+         "snapshots": {"log_points": 3}, "snapshot_every": 5, "checkpoint_every": 0}
+SHARPNESS = {"every": 5, "subset": 40, "top": 2, "tolerance": 1e-12}
+NTK = {"kernels": ["trace", "per_output", "per_layer"], "dtype": "float64", "max_memory_gb": 1}
+METRICS = {"kernel": "trace", "centered": True, "window": 3, "recovery_tolerance": 0.05,
+           "spectrum_top": 5}
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("analyses")
+    p = {name: d / name for name in ("data.npz", "tasks.npz", "phase1.pt", "snaps.pt",
+                                     "ntk.nc", "sharpness.nc", "train_kernel.nc", "metrics.nc")}
+    stages.prepare_data("digits", None, p["data.npz"], provenance=PROV)
+    stages.make_split(p["data.npz"], p["tasks.npz"], provenance=PROV, split={
+        "classes_per_task": 3, "seed": 3, "order": "natural", "train_per_task": 60,
+        "probe_size": 12, "probe_tasks": [1], "imbalance": 8.0, "n_tasks": 1,
+        "shared_classes": 0, "alpha": 0.0})
+    stages.train_phase1(p["data.npz"], p["tasks.npz"], p["phase1.pt"], p["snaps.pt"], run=RUN,
+                        train_cfg=TRAIN, model_cfg=MODEL, provenance=PROV)
+    stages.extract_ntk(p["data.npz"], p["tasks.npz"], [p["snaps.pt"]], p["ntk.nc"], run=RUN,
+                       model_cfg=MODEL, ntk_cfg=NTK, provenance=PROV)
+    stages.measure_sharpness(p["data.npz"], p["tasks.npz"], [p["snaps.pt"]], p["sharpness.nc"],
+                             run=RUN, model_cfg=MODEL, train_cfg=TRAIN, sharpness_cfg=SHARPNESS,
+                             provenance=PROV)
+    stages.train_kernel(p["data.npz"], p["tasks.npz"], p["snaps.pt"], p["train_kernel.nc"],
+                        run=RUN, model_cfg=MODEL, train_cfg=TRAIN, ntk_cfg=NTK, provenance=PROV)
+    stages.compute_metrics(p["ntk.nc"], p["metrics.nc"], metrics_cfg=METRICS, provenance=PROV,
+                           sharpness_path=p["sharpness.nc"],
+                           train_kernel_path=p["train_kernel.nc"],
+                           train_kernel_cfg={"fit_range": None, "loss_points": 50})
+    return p
+
+
+def _model_at(p, step):
+    data = stages.load_data(p["data.npz"])
+    snaps = load_snapshots([p["snaps.pt"]])
+    model = stages.make_model(data, RUN, MODEL).double()
+    model.load_state_dict(snaps["states"][snaps["steps"].index(step)])
+    return data, model
+
+
+def test_snapshots_every_k_steps_and_threshold(run):
+    sharp = xr.open_dataset(run["sharpness.nc"])
+    steps = sharp["step"].values.tolist()
+    assert {0, 5, 10, 12} <= set(steps)  # every 5 steps, and the last (12: max_epochs)
+    assert steps == xr.open_dataset(run["ntk.nc"])["step"].values.tolist()
+    assert float(sharp["stability_threshold"]) == 2 / 0.05
+
+
+def test_sharpness_matches_a_dense_hessian(run):
+    """The stage's Lanczos eigenvalues equal those of the Hessian built by autograd in full."""
+    data, model = _model_at(run, 10)
+    split = stages.load_split(run["tasks.npz"])
+    idx = np.unique(split.train[0])
+    pos = sharpness_subset(data["y_train"][idx], split.classes[0], 40, RUN["seed"], 1)
+    x = torch.from_numpy(data["x_train"][idx[pos]]).double()
+    y = torch.from_numpy(data["y_train"][idx[pos]])
+    names = [n for n, _ in model.named_parameters()]
+    shapes = [q.shape for q in model.parameters()]
+    flat0 = torch.cat([q.detach().reshape(-1) for q in model.parameters()])
+
+    def loss(flat):
+        params, at = {}, 0
+        for name, shape in zip(names, shapes):
+            params[name] = flat[at:at + shape.numel()].view(shape)
+            at += shape.numel()
+        out = torch.func.functional_call(model, params, (x,))
+        return 0.5 * ((out - torch.nn.functional.one_hot(y, out.shape[1])) ** 2).sum(1).mean()
+
+    dense = torch.autograd.functional.hessian(loss, flat0).numpy()
+    expected = np.sort(np.linalg.eigvalsh(dense))[::-1][:2]
+    got = xr.open_dataset(run["sharpness.nc"])["sharpness"].sel(step=10).values
+    np.testing.assert_allclose(got, expected, rtol=1e-8)
+
+
+def test_subset_is_class_balanced_and_fixed():
+    labels = np.repeat([4, 7, 9], 20)
+    a = sharpness_subset(labels, [4, 7, 9], 12, seed=1, task=1)
+    assert np.array_equal(a, sharpness_subset(labels, [4, 7, 9], 12, seed=1, task=1))
+    assert np.bincount(labels[a], minlength=10)[[4, 7, 9]].tolist() == [4, 4, 4]
+    assert np.array_equal(sharpness_subset(labels, [4, 7, 9], 100, 1, 1), np.arange(60))
+
+
+def test_kgd_starts_from_the_network(run):
+    """At step 0 KGD, aKGD and the network share f₀, so their losses agree exactly."""
+    m = xr.open_dataset(run["metrics.nc"])
+    first = m.sel(loss_point=0)
+    assert int(first["loss_step"]) == 0
+    assert float(first["kgd_loss"]) == pytest.approx(float(first["network_loss"]), rel=1e-6)
+    assert float(first["akgd_loss"]) == pytest.approx(float(first["network_loss"]), rel=1e-6)
+    assert int(m["loss_step"][-1]) == 11  # the loss of the last step's update is recorded
+    net = m["network_loss"].values
+    assert np.all(np.isfinite(net)) and net[-1] < net[0]
+
+
+def test_training_kernel_spectra(run):
+    m = xr.open_dataset(run["metrics.nc"])
+    tk = xr.open_dataset(run["train_kernel.nc"])
+    n = tk.sizes["sample"]
+    assert n == 60
+    for when in ("initial", "final"):
+        eig = m["train_eigenvalues"].sel(when=when).values
+        assert np.all(np.diff(eig) <= 1e-9)
+        # the eigenvectors are a basis: the task spectrum sums to ‖Y‖_F² = n for one-hot Y
+        assert m["task_spectrum"].sel(when=when).sum() == pytest.approx(n, rel=1e-9)
+        k_min, k_max = (int(m[f"eigen_fit_{e}"].sel(when=when)) for e in ("kmin", "kmax"))
+        assert 1 <= k_min < k_max <= n // 2
+    assert float(m["effective_gamma"]) >= 0
+    assert tk["when_step"].values.tolist() == [0, 12]
+
+
+def test_specialization_columns_average_to_one(run):
+    """KSM(c, c') divides by the mean over blocks c: every column averages to exactly 1."""
+    m = xr.open_dataset(run["metrics.nc"])
+    ksm = m["specialization"].sel(probe=1, when="final").values
+    assert ksm.shape == (10, 10)  # one head over all classes: blocks of absent classes too
+    finite = np.isfinite(ksm).all(axis=0)
+    np.testing.assert_allclose(ksm[:, finite].mean(axis=0), 1.0, rtol=1e-9)
+    layers = m["layer_alignment"].sel(probe=1, when="final")
+    assert layers.sizes["layer"] == 2  # one hidden layer and the readout
+
+
+def test_alignment_spectrum_and_eigenvalue_fraction(run):
+    m = xr.open_dataset(run["metrics.nc"])
+    ntk = xr.open_dataset(run["ntk.nc"])["ntk_trace"].sel(probe=1).values.astype(np.float64)
+    frac = m["eigenvalue_fraction"].sel(probe=1).values
+    assert frac.shape[1] == 5 and np.all(np.diff(frac, axis=1) <= 1e-12)
+    np.testing.assert_allclose(frac[:, 0], m["spectral_norm"].sel(probe=1).values
+                               / np.linalg.norm(ntk, axis=(1, 2)), rtol=1e-6)
+    a = m["alignment_spectrum"].sel(probe=1).values
+    assert np.all(a >= 0) and np.all(a.sum(axis=1) <= 1 + 1e-9)
+    np.testing.assert_allclose(a[:, 0], m["top_eigenvector_alignment"].sel(probe=1).values)
+
+
+def test_sharpness_file_from_another_run_is_refused(run, tmp_path):
+    sharp = xr.open_dataset(run["sharpness.nc"]).load()
+    store.write_netcdf(sharp.isel(step=slice(1, None)), tmp_path / "other.nc")
+    with pytest.raises(store.CorruptFileError, match="steps differ"):
+        stages.compute_metrics(run["ntk.nc"], tmp_path / "m.nc", metrics_cfg=METRICS,
+                               provenance=PROV, sharpness_path=tmp_path / "other.nc")
+    assert not (tmp_path / "m.nc").exists()
