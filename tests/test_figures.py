@@ -32,6 +32,78 @@ def fake(point, diverged=-1, boundaries=1):
     return ds
 
 
+EOS_POINT = {**BASE, "optimizer": "gd", "loss": "mse", "batch_size": "full",
+             "activation": "tanh", "regime": "feature", "width": 200, "n_tasks": 1,
+             "classes_per_task": 10}
+
+
+def tag(ds, point):
+    ds.attrs.update(store.provenance(wildcards={"run": sweep.run_id(point),
+                                                "shift": sweep.shift_id(point)}))
+    return ds
+
+
+def eos_fake(point, diverged=-1):
+    """An edge-of-stability run: sharpness, losses and alignments at every 10th step."""
+    steps = np.arange(0, 10 * (8 - point["seed"]), 10)  # seeds stop at different steps
+    rng = np.random.default_rng(point["seed"])
+    n, threshold = len(steps), 2 / point["lr"]
+    sharpness = threshold * np.minimum(1, np.linspace(0.5, 1.5, n))
+    spectrum = lambda: rng.uniform(0.01, 0.1, (1, n, 20))  # noqa: E731
+    return tag(xr.Dataset(
+        {"spectral_norm": (("probe", "step"), np.ones((1, n))),
+         "target_alignment": (("probe", "step"), np.linspace(0.1, point["lr"], n)[None]),
+         "top_eigenvector_alignment": (("probe", "step"), np.full((1, n), 0.1)),
+         "alignment_spectrum": (("probe", "step", "eigen"), spectrum()),
+         "eigenvalue_fraction": (("probe", "step", "eigen"), np.sort(spectrum())[..., ::-1]),
+         "train_loss": (("step", "task"), np.geomspace(1, 0.01, n)[:, None]),
+         "sharpness": (("step", "hessian_eig"), np.stack([sharpness, 0.9 * sharpness], 1)),
+         "gauss_newton_sharpness": ("step", 0.95 * sharpness),
+         "stability_threshold": ((), threshold), "diverged_step": ((), diverged)},
+        coords={"step": steps, "probe": [1], "task": [1], "hessian_eig": [1, 2],
+                "eigen": np.arange(1, 21)}), point)
+
+
+def fe_fake(point, diverged=-1):
+    """A feature-evolution run: kernel descent losses, spectra with power-law fits, KSM and
+    per-layer alignment (a readout module after `depth` hidden ones)."""
+    rng = np.random.default_rng(point["seed"] + 10 * point["depth"])
+    steps, k = np.array([0, 1, 10, 50, 100]), np.arange(1, 101)
+    layers = [str(2 * i + 1) for i in range(point["depth"] + 1)]
+    when = ["final", "initial"]
+    fits = {"eigen": [1.3, 1.1], "task": [1.4, 1.4]}  # (final, initial), as drawn below
+    ksm = 1 + (0.3 if point["activation"] == "relu" else 0.0) * (np.eye(4) - 0.25)
+    return tag(xr.Dataset(
+        {"spectral_norm": (("probe", "step"), np.ones((1, 5))),
+         "target_alignment": (("probe", "step"), np.array([[0.1, 0.15, 0.2, 0.22, 0.23]])),
+         "specialization_dominance": (("probe", "step"), np.linspace(0, 0.2, 5)[None]),
+         "loss_step": ("loss_point", steps.astype(float)),
+         **{name: ("loss_point", np.geomspace(1, end, 5)) for name, end in
+            (("network_loss", 0.01), ("kgd_loss", 0.1), ("akgd_loss", 0.05))},
+         "effective_gamma": ((), 0.1 * point["depth"]),
+         "train_eigenvalues": (("when", "mode"), np.stack([k ** -1.3, k ** -1.1])),
+         "task_spectrum": (("when", "mode"), rng.uniform(0.5, 2, (2, 100)) * k ** -1.4),
+         **{f"{fit}_{name}": ("when", np.array(value)) for fit, b in fits.items()
+            for name, value in (("exponent", b), ("fit_kmin", [2.0] * 2),
+                                ("fit_kmax", [80.0] * 2), ("fit_r2", [0.99] * 2))},
+         "specialization": (("probe", "when", "output", "output_j"),
+                            np.stack([ksm, np.ones((4, 4))])[None]),
+         "layer_alignment": (("probe", "when", "layer", "output"),
+                             rng.uniform(0.1, 0.3, (1, 2, len(layers), 4))),
+         "diverged_step": ((), diverged)},
+        coords={"step": steps, "probe": [1], "when": when, "mode": k, "layer": layers}), point)
+
+
+def study_runs():
+    """Edge-of-stability runs (3 η × 2 seeds, one diverged) and feature-evolution runs
+    (ReLU and linear, depth 1–3, 2 seeds)."""
+    eos = [eos_fake({**EOS_POINT, "lr": lr, "seed": s}, diverged=30 if lr == 0.2 and s else -1)
+           for lr in (0.05, 0.1, 0.2) for s in (0, 1)]
+    fe = [fe_fake({**EOS_POINT, "activation": a, "depth": d, "lr": 0.05, "seed": s})
+          for a in ("relu", "linear") for d in (1, 2, 3) for s in (0, 1)]
+    return eos + fe
+
+
 @pytest.fixture(scope="module")
 def summary():
     points = [{**BASE, "regime": r, "width": w, "seed": s}
@@ -41,7 +113,7 @@ def summary():
     points += [{**BASE, "lr": lr} for lr in (0.02, 0.5)]
     runs = [fake(p, diverged=5 if p["width"] == 256 and p["seed"] == 1 else -1) for p in points]
     runs.append(fake({**BASE, "shared_classes": 3, "n_tasks": 3}, boundaries=2))
-    return combine(runs, provenance={}), points
+    return combine(runs + study_runs(), provenance={}), points
 
 
 def test_applicable_follows_the_sweeps(summary):
@@ -49,6 +121,59 @@ def test_applicable_follows_the_sweeps(summary):
     assert figures.applicable(points) == ["metrics_by_width", "accuracy_by_task",
                                           "similarity_sweep", "frequency_shift", "learning_rate"]
     assert figures.applicable([{**p, "n_tasks": 3} for p in points[:1]]) == ["task_sequence"]
+
+
+def test_applicable_with_analyses(summary):
+    _, points = summary
+    runs = [(sweep.run_id(p), sweep.shift_id(p)) for p in points]
+    assert figures.applicable(points, {}) == figures.applicable(points)
+    assert figures.applicable(points, {runs[0]: ["sharpness"], runs[1]: []})[-2:] == \
+        ["edge_of_stability", "eos_alignment"]
+    eos = [{**EOS_POINT, "lr": lr} for lr in (0.05, 0.1)]
+    both = {(sweep.run_id(p), sweep.shift_id(p)): ["sharpness"] for p in eos}
+    both[("other", "run")] = ["specialization", "train_kernel"]
+    assert figures.applicable(eos, both) == [
+        "edge_of_stability", "eos_alignment", "kernel_descent", "alignment_by_depth",
+        "kernel_spectra", "specialization"]
+    assert figures.applicable(eos) == []
+
+
+def test_new_figures_need_their_runs(tmp_path):
+    reactivation_only = combine([fake({**BASE, "seed": s}) for s in (0, 1)], provenance={})
+    for name in ("edge_of_stability", "kernel_descent", "specialization"):
+        with pytest.raises(ValueError, match="is its sweep"):
+            figures.FIGURES[name](reactivation_only, tmp_path / f"{name}.png")
+
+
+def test_study_figures_from_their_runs_alone(tmp_path):
+    ds = combine(study_runs(), provenance={})
+    for name in ("edge_of_stability", "eos_alignment", "kernel_descent", "alignment_by_depth",
+                 "kernel_spectra", "specialization"):
+        figures.FIGURES[name](ds, tmp_path / f"{name}.png")
+        assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_power_law_is_drawn_over_its_fit_range():
+    plt = figures._pyplot()
+    fig, ax = plt.subplots()
+    k = np.arange(1.0, 101.0)
+    fit = {"exponent": [1.3], "kmin": [2.0], "kmax": [80.0], "r2": [0.99]}
+    text = figures._power_law(ax, k, 2 * k ** -1.3, fit, "final", "b", "C0")
+    x, y = ax.lines[0].get_data()
+    assert text == "final: b = 1.30 (k 2–80, R² 0.99)"
+    assert (x.min(), x.max()) == pytest.approx((2.0, 80.0))
+    np.testing.assert_allclose(y, 2 * x ** -1.3)
+    plt.close(fig)
+
+
+def test_last_snapshot_and_seed_table():
+    da = xr.DataArray([[1.0, 2.0, np.nan, np.nan], [3.0, np.nan, 4.0, np.nan]],
+                      dims=("seed", "step"), coords={"step": [0, 5, 9, 12]})
+    assert float(figures.last_snapshot(da.isel(seed=0))) == 2.0
+    assert int(figures.last_snapshot(da)["step"]) == 9
+    x, table = figures.seed_table(da)
+    np.testing.assert_array_equal(x, [0, 5, 9])
+    assert table.shape == (2, 3)
 
 
 @pytest.mark.parametrize("name", list(figures.FIGURES))

@@ -77,7 +77,7 @@ def test_claim2_monotone_with_exact_share():
 
 def test_missing_experiments_are_untested():
     rows = scorecard.evaluate(summary(width_runs()), THRESHOLDS)
-    untested = {r.claim for r in rows if r.holds == "untested"}
+    untested = {r.claim for r in rows if r.holds == "untested" and r.study == "reactivation"}
     assert untested == {"2. reactivation shrinks as similarity grows",
                         "3. frequency shifts: low velocity, no discontinuity",
                         "4. learning rate shapes the checkmark",
@@ -147,3 +147,174 @@ def test_scorecard_from_a_written_summary(tmp_path):
         written = [(r["claim"], r["holds"]) for r in csv.DictReader(handle)]
     assert written == [(r.claim, r.holds) for r in scorecard.evaluate(ds, THRESHOLDS)]
     assert ("3. frequency shifts: low velocity, no discontinuity", "true") in written
+
+
+# ---- edge of stability and feature evolution ------------------------------------------------
+
+EOS_POINT = {**BASE, "optimizer": "gd", "loss": "mse", "batch_size": "full", "activation": "tanh",
+             "regime": "feature", "width": 200, "n_tasks": 1, "classes_per_task": 10}
+FE_POINT = {**EOS_POINT, "activation": "relu", "lr": 0.05}
+EOS_STEPS = np.array([0, 10, 20, 30, 40, 50, 60, 70])
+
+
+def tag(ds, point):
+    ds.attrs.update(store.provenance(wildcards={"run": sweep.run_id(point),
+                                                "shift": sweep.shift_id(point)}))
+    return ds
+
+
+def eos_run(point, alignment=0.2, top=0.1, settle=1.05, snapshots=8, diverged=-1):
+    """An edge-of-stability run: sharpness at 0.5·2/η over the first half of its snapshots and
+    `settle`·2/η over the rest; A and a₁ rise to `alignment`, `top` at its last snapshot (later
+    steps of the union left NaN)."""
+    threshold = 2 / point["lr"]
+    steps = EOS_STEPS[:snapshots]
+    sharpness = np.where(np.arange(snapshots) < snapshots // 2, 0.5, settle) * threshold
+    ramp = lambda end: np.linspace(0.1, end, snapshots)[None]  # noqa: E731
+    return tag(xr.Dataset(
+        {"spectral_norm": (("probe", "step"), np.ones((1, snapshots))),
+         "target_alignment": (("probe", "step"), ramp(alignment)),
+         "top_eigenvector_alignment": (("probe", "step"), ramp(top)),
+         "sharpness": (("step", "hessian_eig"), np.stack([sharpness, 0.9 * sharpness], 1)),
+         "stability_threshold": ((), threshold), "diverged_step": ((), diverged)},
+        coords={"step": steps, "probe": [1], "hessian_eig": [1, 2]}), point)
+
+
+def eos_sweep(alignment=lambda lr: lr, top=lambda lr: lr, settle=lambda lr: 1.05,
+              activation="tanh"):
+    return [eos_run({**EOS_POINT, "activation": activation, "lr": lr, "seed": s},
+                    alignment(lr), top(lr), settle(lr), snapshots=8 - 2 * s)
+            for lr in (0.05, 0.1, 0.2) for s in (0, 1)]
+
+
+def test_eos_claims_hold():
+    rows = scorecard.evaluate(summary(width_runs() + eos_sweep()), THRESHOLDS)
+    a, b, c = [r for r in rows if r.study == "edge_of_stability"]
+    assert a.value == pytest.approx(1.0) and a.holds == "true"  # from each run's last snapshot
+    assert b.value == pytest.approx(1.0) and b.holds == "true"
+    assert c.value == pytest.approx(0.05) and c.holds == "true"
+    assert "averaged over 1 group;" in a.note and "0.05: +5.0%" in c.note
+
+
+def test_eos_claims_fail():
+    runs = eos_sweep(alignment=lambda lr: 1 - lr, settle=lambda lr: 1.3 if lr == 0.1 else 1.0)
+    a, b, c = [r for r in scorecard.evaluate(summary(runs), THRESHOLDS)
+               if r.study == "edge_of_stability"]
+    assert a.value == pytest.approx(-1.0) and a.holds == "false"
+    assert b.holds == "true"
+    assert c.value == pytest.approx(0.3) and c.holds == "false"
+    assert "0.05: +0.0%, 0.1: +30.0%, 0.2: +0.0%" in c.note
+
+
+def test_eos_trend_is_averaged_over_groups():
+    runs = eos_sweep() + eos_sweep(alignment=lambda lr: 1 - lr, activation="relu")
+    a = rows_by_claim(scorecard.evaluate(summary(runs), THRESHOLDS), "a.")[0]
+    assert a.value == pytest.approx(0.0)  # (1 + −1) / 2
+    assert "averaged over 2 groups" in a.note and a.holds == "false"
+
+
+def test_eos_excludes_diverged_runs():
+    runs = eos_sweep()
+    runs[0] = eos_run({**EOS_POINT, "lr": 0.05, "seed": 0}, alignment=5.0, settle=3.0,
+                      diverged=4)
+    a, _, c = [r for r in scorecard.evaluate(summary(runs), THRESHOLDS)
+               if r.study == "edge_of_stability"]
+    assert a.value == pytest.approx(1.0) and c.value == pytest.approx(0.05)
+    assert "1 diverged runs excluded" in c.note
+
+
+def fe_run(point, network=0.05, kgd=0.1, akgd=0.08, alignment=(0.1, 0.2, 0.28, 0.3),
+           dominance=None, gamma=None, points=5, diverged=-1):
+    """A feature-evolution run: losses at `points` comparison points ending at `network`,
+    `kgd`, `akgd`; A(t) at steps 0, 10, 50, 100 (50 is halfway); KSM dominance ending at
+    `dominance` (default 0.2 non-linear, 0.01 linear); γ (default 0.1 · depth)."""
+    if dominance is None:
+        dominance = 0.01 if point["activation"] == "linear" else 0.2
+    decay = lambda end: np.linspace(1.0, end, points)  # noqa: E731
+    return tag(xr.Dataset(
+        {"spectral_norm": (("probe", "step"), np.ones((1, 4))),
+         "target_alignment": (("probe", "step"), np.array([alignment])),
+         "specialization_dominance": (("probe", "step"), np.linspace(0, dominance, 4)[None]),
+         "loss_step": ("loss_point", np.arange(points) * 25.0),
+         "network_loss": ("loss_point", decay(network)), "kgd_loss": ("loss_point", decay(kgd)),
+         "akgd_loss": ("loss_point", decay(akgd)),
+         "effective_gamma": ((), 0.1 * point["depth"] if gamma is None else gamma),
+         "diverged_step": ((), diverged)},
+        coords={"step": [0, 10, 50, 100], "probe": [1]}), point)
+
+
+def fe_sweep(change=None):
+    """ReLU and linear nets of depth 1–3, two seeds; `change[(activation, depth)]` overrides
+    fe_run's arguments; seed 1 records one comparison point fewer."""
+    change = change or {}
+    return [fe_run({**FE_POINT, "activation": a, "depth": d, "seed": s},
+                   points=5 - s, **change.get((a, d), {}))
+            for a in ("relu", "linear") for d in (1, 2, 3) for s in (0, 1)]
+
+
+def fe_rows(runs):
+    return [r for r in scorecard.evaluate(summary(runs), THRESHOLDS)
+            if r.study == "feature_evolution"]
+
+
+def deeper(depth):
+    """A(t) that rises more, and higher, with depth."""
+    return (0.1, 0.2, 0.28 + 0.01 * depth, 0.3 + 0.01 * depth)
+
+
+def test_feature_evolution_claims_hold():
+    runs = fe_sweep({("relu", d): {"alignment": deeper(d)} for d in (1, 2, 3)})
+    d, rises, saturates, diagonal, flat, gamma, depth = fe_rows(runs)
+    assert d.value == pytest.approx(0.05 / 0.08) and d.holds == "true"
+    assert rises.value == pytest.approx(0.21) and rises.holds == "true"
+    assert saturates.value == pytest.approx(0.02 / 0.21) and saturates.holds == "true"
+    assert diagonal.value == pytest.approx(0.2) and diagonal.holds == "true"
+    assert flat.value == pytest.approx(0.01) and flat.holds == "true"
+    assert gamma.value == pytest.approx(1.0) and gamma.holds == "true"
+    assert depth.value == pytest.approx(1.0) and depth.holds == "true"
+    assert "6 runs" in d.note and "1: 0.1, 2: 0.2, 3: 0.3" in gamma.note
+
+
+def test_feature_evolution_claims_fail():
+    runs = fe_sweep({("relu", 2): {"network": 0.1, "alignment": (0.1, 0.12, 0.15, 0.3),
+                                     "dominance": 0.01},
+                       ("relu", 3): {"gamma": 0.01}, ("linear", 3): {"dominance": -0.1}})
+    d, rises, saturates, diagonal, flat, gamma, depth = fe_rows(runs)
+    assert d.value == pytest.approx(0.1 / 0.08) and d.holds == "false"
+    assert rises.holds == "true"
+    assert saturates.value == pytest.approx(0.15 / 0.2) and saturates.holds == "false"
+    assert diagonal.value == pytest.approx(0.01) and diagonal.holds == "false"  # flat ReLU
+    assert flat.value == pytest.approx(0.1) and flat.holds == "false"
+    assert gamma.value == pytest.approx(-0.5) and gamma.holds == "false"  # γ 0.1, 0.2, 0.01
+    assert depth.value == pytest.approx(0.0) and depth.holds == "false"  # final A equal
+
+
+def test_alignment_that_falls_does_not_rise():
+    rows = fe_rows(fe_sweep({("relu", 1): {"alignment": (0.3, 0.2, 0.15, 0.1)}}))
+    rises, saturates = rows[1:3]
+    assert rises.value == pytest.approx(-0.2) and rises.holds == "false"
+    assert saturates.holds == "true" and "2 without a rise left out" in saturates.note
+
+
+def test_feature_evolution_excludes_diverged_runs():
+    runs = fe_sweep()
+    runs[0] = fe_run({**FE_POINT, "depth": 1, "seed": 0}, network=9.0, dominance=-1.0,
+                     diverged=3)
+    d, _, _, diagonal, *_ = fe_rows(runs)
+    assert d.value == pytest.approx(0.625) and diagonal.value == pytest.approx(0.2)
+    assert "5 runs" in d.note
+
+
+def test_new_studies_untested_without_their_variables():
+    rows = scorecard.evaluate(summary(width_runs()), THRESHOLDS)
+    new = [r for r in rows if r.study in ("edge_of_stability", "feature_evolution")]
+    assert len(new) == 10 and {r.holds for r in new} == {"untested"}
+    linear_only = fe_rows([r for r in fe_sweep() if "linear" in r.attrs["wildcards_json"]])
+    assert [r.holds for r in linear_only] == ["untested"] * 3 + ["untested", "true"] \
+        + ["untested"] * 2
+
+
+def test_final_takes_each_runs_last_finite_step():
+    da = xr.DataArray([[1.0, 2.0, np.nan], [3.0, np.nan, np.nan], [np.nan] * 3],
+                      dims=("run", "step"))
+    np.testing.assert_array_equal(scorecard.final(da), [2.0, 3.0, np.nan])

@@ -227,9 +227,257 @@ def claim_sequence(ds: Any, t: dict[str, float]) -> list[Row]:
                 + ", ".join(f"{v:.3g}" for v in per_boundary))]
 
 
+# ---- shared by the edge-of-stability and feature-evolution studies -------------------------
+
+def runs_with(ds: Any, name: str) -> np.ndarray:
+    """Indices of the runs with finite values of `name`: the runs of the study (the analysis)
+    that measures it; diverged runs were blanked, so they are not among them."""
+    if name not in ds:
+        return np.array([], dtype=int)
+    finite = np.isfinite(ds[name])
+    others = [d for d in finite.dims if d != "run"]
+    return np.flatnonzero((finite.any(others) if others else finite).values)
+
+
+def final(da: Any, dim: str = "step") -> np.ndarray:
+    """Per run, the value at its last finite `dim` position (NaN where it has none); `da` has
+    dims ("run", dim)."""
+    values = da.transpose("run", dim).values
+    finite = np.isfinite(values)
+    last = values.shape[1] - 1 - np.argmax(finite[:, ::-1], axis=1)
+    return np.where(finite.any(1), values[np.arange(len(values)), last], np.nan)
+
+
+def _groups(ds: Any, runs: np.ndarray, ignore: tuple[str, ...]) -> list[np.ndarray]:
+    """`runs` split into groups alike in every sweep key but those in `ignore`."""
+    from ntkpipe.sweep import SWEEP_KEYS
+
+    keys = [k for k in SWEEP_KEYS if k in ds.coords and k not in ignore]
+    labels = [tuple(str(ds[k].values[i]) for k in keys) for i in runs]
+    return [runs[[label == group for label in labels]] for group in dict.fromkeys(labels)]
+
+
+def trend(ds: Any, runs: np.ndarray, key: str, values: np.ndarray) -> tuple[float, int]:
+    """Spearman ρ of per-run `values` (indexed by run) against sweep key `key`, within each
+    group of `runs` alike in every other sweep key but the seed (seeds pooled), averaged over
+    the groups that sweep `key`; and the number of such groups."""
+    x = np.asarray(ds[key].values, dtype=float)
+    rhos = []
+    for group in _groups(ds, runs, (key, "seed")):
+        ok = group[np.isfinite(values[group])]
+        if len(np.unique(x[ok])) >= 2:
+            rhos.append(_spearman(x[ok], values[ok]))
+    rhos = [r for r in rhos if np.isfinite(r)]
+    return (float(np.mean(rhos)) if rhos else np.nan), len(rhos)
+
+
+def _per_value(ds: Any, runs: np.ndarray, key: str, values: np.ndarray, fmt: str = ".3g",
+               reduce: Callable[[np.ndarray], float] = np.nanmean) -> str:
+    """'k1: v1, k2: v2' of `values` over `runs` reduced per value of sweep key `key`."""
+    keys = np.asarray(ds[key].values)[runs]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return ", ".join(f"{k:g}: {reduce(values[runs][keys == k]):{fmt}}"
+                         for k in np.unique(keys))
+
+
+def _untested(study: str, names: list[str], note: str) -> list[Row]:
+    return [Row(study, name, "—", np.nan, "—", "untested", note) for name in names]
+
+
+def _trend_row(study: str, name: str, ds: Any, runs: np.ndarray, key: str, values: np.ndarray,
+               symbol: str, threshold: float, what: str) -> Row:
+    rho, groups = trend(ds, runs, key, values)
+    note = (f"ρ within each group of {what} alike in every sweep key but {key} and seed "
+            f"(seeds pooled), averaged over {groups} group{'s' * (groups != 1)}; mean per "
+            f"{key}: "
+            + _per_value(ds, runs, key, values))
+    return Row(study, name, f"Spearman ρ of {symbol} vs {key}", rho, f">= {threshold}",
+               _check(rho, threshold, ">="), note if groups else f"no group of {what} "
+               f"sweeps ≥ 2 values of {key} with ≥ 3 runs")
+
+
+# ---- the edge of stability (science.md §2) ---------------------------------------------------
+
+EOS = "edge_of_stability"
+EOS_CLAIMS = ["a. final target alignment increases with η",
+              "b. final top-eigenvector alignment increases with η",
+              "c. sharpness reaches 2/η"]
+
+
+def _sharpness_deviation(ds: Any, run: int) -> float:
+    """(median sharpness over the later half of a run's snapshots − 2/η) / (2/η)."""
+    top = ds["sharpness"].isel(run=run).max("hessian_eig").values
+    top = top[np.isfinite(top)]
+    threshold = float(ds["stability_threshold"].values[run]) \
+        if "stability_threshold" in ds else np.nan
+    if not np.isfinite(threshold):
+        threshold = 2 / float(ds["lr"].values[run])
+    return float((np.median(top[len(top) // 2:]) - threshold) / threshold)
+
+
+def claim_edge_of_stability(ds: Any, t: dict[str, float]) -> list[Row]:
+    """Claims of Jiang, Cohen & Li 2025: final alignment and top-eigenvector alignment grow
+    with η, and the sharpness settles at 2/η (Cohen et al. 2021)."""
+    runs = runs_with(ds, "sharpness")
+    if not len(runs):
+        return _untested(EOS, EOS_CLAIMS, "no edge-of-stability runs (a sweep with "
+                                          "analyses: [sharpness])")
+    rows = []
+    for name, variable, symbol in zip(EOS_CLAIMS, ("target_alignment",
+                                                   "top_eigenvector_alignment"),
+                                      ("final A", "final (u₁ᵀy)²/‖y‖²")):
+        if variable not in ds:
+            rows += _untested(EOS, [name], f"no {variable} in the summary")
+            continue
+        values = final(ds[variable].sel(probe=1))
+        rows.append(_trend_row(EOS, name, ds, runs, "lr", values, symbol, t["eta_rho"],
+                               "edge-of-stability runs"))
+    deviation = np.full(ds.sizes["run"], np.nan)
+    deviation[runs] = [_sharpness_deviation(ds, run) for run in runs]
+    worst = float(np.max(np.abs(deviation[runs])))
+    rows.append(Row(EOS, EOS_CLAIMS[2], "max over runs of |median sharpness over the later half "
+                    "of its snapshots − 2/η| / (2/η)", worst, f"<= {t['sharpness_band']}",
+                    _check(worst, t["sharpness_band"], "<="),
+                    f"{len(runs)} runs; signed deviation per η (largest over its runs): "
+                    + _per_value(ds, runs, "lr", deviation, "+.1%",
+                                 lambda v: v[np.argmax(np.abs(v))])))
+    return rows
+
+
+# ---- rapid feature evolution (science.md §3) -------------------------------------------------
+
+FE = "feature_evolution"
+FE_CLAIMS = ["d. the network beats kernel gradient descent (KGD and aKGD)",
+             "e. alignment A(t) rises (non-linear nets)",
+             "e. alignment A(t) saturates (non-linear nets)",
+             "f. KSM diagonal above off-diagonal (non-linear nets)",
+             "f. KSM flat (linear nets)",
+             "g. deeper nets, larger effective γ (non-linear nets)",
+             "h. deeper nets align higher (non-linear nets)"]
+
+
+def _nonlinear(ds: Any, runs: np.ndarray) -> np.ndarray:
+    return runs[np.asarray(ds["activation"].values, dtype=str)[runs] != "linear"]
+
+
+def _linear(ds: Any, runs: np.ndarray) -> np.ndarray:
+    return runs[np.asarray(ds["activation"].values, dtype=str)[runs] == "linear"]
+
+
+def _kernel_descent_ratio(ds: Any, run: int) -> float:
+    """Network loss / min(KGD, aKGD loss) at a run's last comparison point."""
+    network = ds["network_loss"].isel(run=run).values
+    last = np.flatnonzero(np.isfinite(network))[-1]
+    kernels = [ds[n].isel(run=run).values[last] for n in ("kgd_loss", "akgd_loss") if n in ds]
+    best = np.nanmin(kernels) if np.isfinite(kernels).any() else np.nan
+    return float(network[last] / best)
+
+
+def _late_rise_share(steps: np.ndarray, alignment: np.ndarray) -> tuple[float, float]:
+    """(A_T − A_0, (A_T − A_{T/2}) / (A_T − A_0)) of one run, A_{T/2} interpolated in step
+    halfway between its first and last snapshots."""
+    ok = np.isfinite(alignment)
+    if ok.sum() < 2:
+        return np.nan, np.nan
+    steps, alignment = steps[ok], alignment[ok]
+    rise = alignment[-1] - alignment[0]
+    middle = np.interp((steps[0] + steps[-1]) / 2, steps, alignment)
+    return float(rise), float((alignment[-1] - middle) / rise) if rise > 0 else np.nan
+
+
+def _fe_alignment_rows(ds: Any, runs: np.ndarray, t: dict[str, float]) -> list[Row]:
+    """Claim e: A(t) rises early and saturates, on the non-linear feature-evolution runs."""
+    runs = _nonlinear(ds, runs)
+    if not len(runs) or "target_alignment" not in ds:
+        return _untested(FE, FE_CLAIMS[1:3], "no non-linear feature-evolution runs with A(t)")
+    steps = ds["step"].values.astype(float)
+    rise, share = np.array([_late_rise_share(steps, ds["target_alignment"].isel(run=run)
+                                             .sel(probe=1).values) for run in runs]).T
+    smallest = float(np.nanmin(rise)) if np.isfinite(rise).any() else np.nan
+    latest = float(np.nanmax(share)) if np.isfinite(share).any() else np.nan
+    flat = int(np.sum(~np.isfinite(share)))
+    return [
+        Row(FE, FE_CLAIMS[1], "min over non-linear runs of A_T − A_0 (probe 1)", smallest,
+            "> 0", _check(smallest, 1e-12, ">="), f"{len(runs)} runs"),
+        Row(FE, FE_CLAIMS[2], "max over non-linear runs of the share of the rise of A "
+            "gained over the second half of the steps, (A_T − A_{T/2}) / (A_T − A_0)", latest,
+            f"<= {t['saturation']}", _check(latest, t["saturation"], "<="),
+            f"{len(runs) - flat} rising runs" + (f"; {flat} without a rise left out"
+                                                 if flat else "")),
+    ]
+
+
+def _specialization_rows(ds: Any, t: dict[str, float]) -> list[Row]:
+    """Claim f: the KSM's diagonal dominates for non-linear nets and is flat for linear ones."""
+    runs = runs_with(ds, "specialization_dominance")
+    dominance = final(ds["specialization_dominance"].sel(probe=1)) if len(runs) else None
+    margin = t["specialization_margin"]
+    rows = []
+    nonlinear, linear = _nonlinear(ds, runs), _linear(ds, runs)
+    if len(nonlinear):
+        value = float(np.min(dominance[nonlinear]))
+        rows.append(Row(FE, FE_CLAIMS[3], "min over non-linear runs of the final KSM mean "
+                        "diagonal − mean off-diagonal", value, f">= {margin}",
+                        _check(value, margin, ">="), f"{len(nonlinear)} runs; per depth: "
+                        + _per_value(ds, nonlinear, "depth", dominance, ".3g", np.nanmin)))
+    else:
+        rows += _untested(FE, [FE_CLAIMS[3]], "no non-linear runs with the KSM")
+    if len(linear):
+        value = float(np.max(np.abs(dominance[linear])))
+        rows.append(Row(FE, FE_CLAIMS[4], "max over linear runs of |final KSM mean diagonal "
+                        "− mean off-diagonal|", value, f"<= {margin}",
+                        _check(value, margin, "<="), f"{len(linear)} runs; per depth: "
+                        + _per_value(ds, linear, "depth", dominance, ".3g",
+                                     lambda v: v[np.argmax(np.abs(v))])))
+    else:
+        rows += _untested(FE, [FE_CLAIMS[4]], "no linear runs with the KSM")
+    return rows
+
+
+def claim_feature_evolution(ds: Any, t: dict[str, float]) -> list[Row]:
+    """Claims of Shan & Bordelon 2021: the network beats kernel gradient descent, A(t) rises
+    and saturates, the KSM specialises for non-linear nets only, and deeper nets have a larger
+    γ and align higher."""
+    descent = runs_with(ds, "network_loss")
+    runs = np.union1d(descent, runs_with(ds, "specialization_dominance"))
+    if not len(runs):
+        return _untested(FE, FE_CLAIMS, "no feature-evolution runs (a sweep with analyses: "
+                                        "[train_kernel] or [specialization])")
+    rows = []
+    nonlinear = _nonlinear(ds, descent)
+    if len(nonlinear):
+        ratio = np.full(ds.sizes["run"], np.nan)
+        ratio[nonlinear] = [_kernel_descent_ratio(ds, run) for run in nonlinear]
+        worst = float(np.nanmax(ratio)) if np.isfinite(ratio).any() else np.nan
+        rows.append(Row(FE, FE_CLAIMS[0], "max over non-linear runs of the final network loss "
+                        "/ min(KGD loss, aKGD loss)", worst, "< 1", _check(worst, 1 - 1e-12, "<="),
+                        f"{len(nonlinear)} runs; largest per depth: "
+                        + _per_value(ds, nonlinear, "depth", ratio, ".3g", np.nanmax)))
+    else:
+        rows += _untested(FE, [FE_CLAIMS[0]], "no non-linear runs with kernel gradient descent")
+    rows += _fe_alignment_rows(ds, runs, t)
+    rows += _specialization_rows(ds, t)
+    gamma_runs = _nonlinear(ds, runs_with(ds, "effective_gamma"))
+    if len(gamma_runs):
+        rows.append(_trend_row(FE, FE_CLAIMS[5], ds, gamma_runs, "depth",
+                               ds["effective_gamma"].values.astype(float), "γ",
+                               t["depth_rho"], "non-linear runs"))
+    else:
+        rows += _untested(FE, [FE_CLAIMS[5]], "no non-linear runs with γ")
+    aligned = _nonlinear(ds, runs)
+    if len(aligned) and "target_alignment" in ds:
+        rows.append(_trend_row(FE, FE_CLAIMS[6], ds, aligned, "depth",
+                               final(ds["target_alignment"].sel(probe=1)), "final A",
+                               t["depth_rho"], "non-linear runs"))
+    else:
+        rows += _untested(FE, [FE_CLAIMS[6]], "no non-linear runs with A(t)")
+    return rows
+
+
 CLAIMS: list[Callable[[Any, dict[str, float]], list[Row]]] = [
     claim_spike_everywhere, claim_similarity, claim_frequency, claim_learning_rate,
-    claim_sequence]
+    claim_sequence, claim_edge_of_stability, claim_feature_evolution]
 
 
 def evaluate(ds: Any, thresholds: dict[str, float]) -> list[Row]:

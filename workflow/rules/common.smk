@@ -27,7 +27,7 @@ for (_run, _shift), _names in ANALYSES.items():
     PHASE1_ANALYSES.setdefault(_run, set()).update(_names)
 METRICS = [f"{R}/runs/{run}/{shift}/metrics.nc" for run, shift in RUNS]
 SUMMARY = f"{R}/summary/metrics.nc"
-FIGURE_NAMES = ntkfigures.applicable(ntksweep.all_points(config))
+FIGURE_NAMES = ntkfigures.applicable(ntksweep.all_points(config), ANALYSES)
 FIGURES = [f"{R}/figures/{name}.png" for name in FIGURE_NAMES]
 
 

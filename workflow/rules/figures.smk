@@ -6,11 +6,17 @@ FIGURE_REPORT = {
     "frequency_shift": ("Reactivation", "frequency shift"),
     "learning_rate": ("Reactivation", "learning-rate sweep"),
     "task_sequence": ("Reactivation", "task sequence"),
+    "edge_of_stability": ("Edge of stability", "learning-rate sweep"),
+    "eos_alignment": ("Edge of stability", "learning-rate sweep"),
+    "kernel_descent": ("Feature evolution", "depth sweep"),
+    "alignment_by_depth": ("Feature evolution", "depth sweep"),
+    "kernel_spectra": ("Feature evolution", "depth sweep"),
+    "specialization": ("Feature evolution", "depth sweep"),
 }
 
 
 rule figures:
-    """The figures of the Reactivation study from the summary."""
+    """The figures of the studies whose sweeps are in the config, from the summary."""
     input:
         SUMMARY,
     output:
@@ -21,7 +27,7 @@ rule figures:
         f"{R}/logs/figures.log",
     localrule: True
     params:
-        code=ntksmk.source_hash("figures"),
+        code=ntksmk.source_hash("figures", "summary", "sweep"),
     script:
         "../scripts/figures.py"
 
@@ -37,6 +43,6 @@ rule scorecard:
     localrule: True
     params:
         thresholds=config["scorecard"],
-        code=ntksmk.source_hash("scorecard", "figures", "sweep"),
+        code=ntksmk.source_hash("scorecard", "summary", "sweep"),
     script:
         "../scripts/scorecard.py"
