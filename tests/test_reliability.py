@@ -22,7 +22,8 @@ TRAIN = {"momentum": 0.0, "lazy_reference_width": 256, "lazy_lr_scale": 10.0,
          "checkpoint_every": 5}
 MODEL = {"bias": True, "bias_std": 0.1}
 NTK = {"kernels": ["trace"], "dtype": "float64", "max_memory_gb": 1}
-METRICS = {"kernel": "trace", "centered": True, "window": 5, "recovery_tolerance": 0.05}
+METRICS = {"kernel": "trace", "centered": True, "window": 5, "recovery_tolerance": 0.05,
+           "spectrum_top": 20}
 SPLIT = {"classes_per_task": 5, "seed": 3, "order": "natural", "train_per_task": None,
          "probe_size": 15, "imbalance": 8.0}
 PROV = {"test": "1"}

@@ -11,7 +11,6 @@ system-wide changes besides the apt install, and every daemon started here is st
 
 from __future__ import annotations
 
-import contextlib
 import fcntl
 import os
 import shutil

@@ -148,7 +148,10 @@ def train_kernel(data_path: str | Path, split_path: str | Path, snapshots_path: 
         log(f"training-set kernel at step {snaps['steps'][s]} ({len(idx)} samples)")
     ds = xr.Dataset(
         {
-            "train_ntk": (("when", "sample", "sample_j"), np.stack(kernels).astype(np.float32),
+            # kept in the compute dtype: float32 rounding would put a noise floor under the
+            # spectrum (~1e-7 λ_max) that the power-law fits would read as its tail
+            "train_ntk": (("when", "sample", "sample_j"), np.stack(kernels).astype(
+                np.float64 if ntk_cfg["dtype"] == "float64" else np.float32),
                           {"long_name": "traced NTK on task 1's training set",
                            "computed_in": ntk_cfg["dtype"]}),
             "train_output": (("when", "sample", "output"), np.stack(outputs),
