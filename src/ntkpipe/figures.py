@@ -324,14 +324,21 @@ def _eos_grid(ds: Any) -> Any:
                 count="sharpness")
 
 
-def edge_of_stability(ds: Any, path: str | Path) -> None:
-    """Sharpness against 2/η, training loss and target alignment over steps, one line per η."""
+def _eos_panels(ds: Any) -> tuple[Any, Any, list, Any, Any, list]:
+    """pyplot, the edge-of-stability grid, its activations with data, a figure with a row of
+    three panels per activation, and one colour per η."""
     plt = _pyplot()
     eos = _eos_grid(ds)
     activations = _with_data(eos, "activation", "sharpness")
     fig, axes = plt.subplots(len(activations), 3, figsize=(13.5, 3.8 * len(activations)),
                              squeeze=False)
-    colors = _colors(plt.cm.viridis, 0.85, eos["lr"].values, eos["lr"].values)
+    return plt, eos, activations, fig, axes, _colors(plt.cm.viridis, 0.85, eos["lr"].values,
+                                                     eos["lr"].values)
+
+
+def edge_of_stability(ds: Any, path: str | Path) -> None:
+    """Sharpness against 2/η, training loss and target alignment over steps, one line per η."""
+    plt, eos, activations, fig, axes, colors = _eos_panels(ds)
     for row, activation in zip(axes, activations):
         for lr, color in zip(eos["lr"].values, colors):
             one = eos.sel(activation=activation, lr=lr)
@@ -374,12 +381,7 @@ def _final_spectrum(run: Any) -> tuple[np.ndarray, np.ndarray]:
 def eos_alignment(ds: Any, path: str | Path) -> None:
     """Final target and top-eigenvector alignment against η, and the final eigenvector
     alignment spectrum per η."""
-    plt = _pyplot()
-    eos = _eos_grid(ds)
-    activations = _with_data(eos, "activation", "sharpness")
-    fig, axes = plt.subplots(len(activations), 3, figsize=(13.5, 3.8 * len(activations)),
-                             squeeze=False)
-    colors = _colors(plt.cm.viridis, 0.85, eos["lr"].values, eos["lr"].values)
+    plt, eos, activations, fig, axes, colors = _eos_panels(ds)
     finals = {"target_alignment": ("target alignment A", "o", "-"),
               "top_eigenvector_alignment": ("top-eigenvector alignment a₁", "s", "--")}
     for row, activation in zip(axes, activations):
