@@ -192,3 +192,21 @@ def test_rejects_bad_inputs():
         kgd.kgd_residuals(K0[:5, :5], Y, 0.1, [1])
     with pytest.raises(ValueError):
         kgd.kgd_residuals(K0, Y, 0.1, [1], F0[:, :2])
+
+
+@pytest.mark.parametrize("flow", [False, True])
+def test_loss_curve_equals_the_loss_of_the_residuals(flow):
+    """The eigenmode shortcut gives the loss of the explicit residuals, traced and full."""
+    rng = np.random.default_rng(11)
+    a = rng.standard_normal((7, 4))
+    k0 = a @ a.T
+    y, f0 = rng.standard_normal((7, 3)), rng.standard_normal((7, 3))
+    steps = [0, 1, 5, 40]
+    residuals = kgd.kgd_flow_residuals if flow else kgd.kgd_residuals
+    np.testing.assert_allclose(kgd.kgd_loss_curve(k0, y, 0.3, steps, f0, flow=flow),
+                               kgd.kgd_loss(residuals(k0, y, 0.3, steps, f0)), rtol=1e-12)
+    full = rng.standard_normal((7 * 3, 5))
+    full = (full @ full.T).reshape(7, 3, 7, 3).transpose(0, 2, 1, 3)
+    np.testing.assert_allclose(kgd.kgd_loss_curve(full, y, 0.1, steps, f0),
+                               kgd.kgd_loss(kgd.kgd_residuals(full, y, 0.1, steps, f0)),
+                               rtol=1e-12)

@@ -99,6 +99,20 @@ def kgd_flow_residuals(k0: Any, y: Any, eta: float, times: Any, f0: Any = None, 
     return _residuals(k0, y, eta, times, f0, averaged, flow=True)
 
 
+def kgd_loss_curve(k0: Any, y: Any, eta: float, steps: Any, f0: Any = None, *,
+                   averaged: bool = True, flow: bool = False) -> np.ndarray:
+    """Training loss 0.5 · mean_i ‖Δ_i(t)‖² of KGD with frozen kernel K0 at each step, without
+    forming the residuals: K0's eigenvectors are orthonormal, so ‖Δ(t)‖²_F is
+    Σ_k decay_k(t)² ‖V_kᵀ Δ_0‖² (O(S·m) after one eigendecomposition, not O(S·m²))."""
+    mat, delta, n, _ = _system(k0, y, f0)
+    steps = _check_steps(steps, flow)
+    vals, vecs = np.linalg.eigh(mat)
+    decay = _decay(_rates(vals, eta, n, averaged), steps, flow)
+    energy = np.sum((vecs.T @ delta) ** 2, axis=1)  # ‖V_kᵀ Δ_0‖² per eigenmode
+    with np.errstate(over="ignore", invalid="ignore"):
+        return 0.5 * (decay ** 2 @ energy) / n
+
+
 def kgd_loss(residuals: Any) -> np.ndarray:
     """Training loss 0.5 · mean_i ‖Δ_i‖² at each step of residuals (S, n[, O])."""
     r = as_array(residuals)

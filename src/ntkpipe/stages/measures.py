@@ -213,8 +213,8 @@ def _train_kernel_measures(tk: Any, cfg: dict[str, Any]) -> Any:
     kgd_curve, akgd_curve = np.full(len(grid), np.nan), np.full(len(grid), np.nan)
     usable = np.isfinite(k0).all() and np.isfinite(k_final).all()
     if tk.attrs["loss"] == "mse" and usable:  # KGD is gradient descent on the MSE loss
-        kgd_curve = kgd.kgd_loss(kgd.kgd_residuals(k0, y, lr, grid, f0))
-        akgd_curve = kgd.kgd_loss(kgd.akgd_residuals(k0, k_final, y, lr, grid, f0))
+        kgd_curve = kgd.kgd_loss_curve(k0, y, lr, grid, f0)
+        akgd_curve = kgd.kgd_loss_curve(kgd.rescale_to(k0, k_final), y, lr, grid, f0)
     fit_range = tuple(cfg["fit_range"]) if cfg.get("fit_range") else None
     n = len(labels)
     eig, task = np.full((2, n), np.nan), np.full((2, n), np.nan)
