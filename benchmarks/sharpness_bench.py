@@ -51,6 +51,7 @@ sys.path.insert(0, str(ROOT / "src"))
 from ntkpipe import hessian, kgd  # noqa: E402
 from ntkpipe.models import build_model  # noqa: E402
 from ntkpipe.ntk import empirical_ntk  # noqa: E402
+from ntk_bench import _status_kib  # noqa: E402  (this directory is on sys.path when run)
 
 MiB = 2 ** 20
 REPEAT_BUDGET_S = 15.0
@@ -77,15 +78,6 @@ def sync() -> None:
 
 
 # --- memory ----------------------------------------------------------------------------------
-
-def _status_kib(field: str) -> int:
-    """A field of /proc/self/status, in KiB."""
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-    raise KeyError(field)
-
 
 @contextlib.contextmanager
 def peak_memory() -> Iterator[dict[str, float | None]]:
