@@ -133,9 +133,10 @@ def test_specialization_columns_average_to_one(run):
     """KSM(c, c') divides by the mean over blocks c: every column averages to exactly 1."""
     m = xr.open_dataset(run["metrics.nc"])
     ksm = m["specialization"].sel(probe=1, when="final").values
-    assert ksm.shape == (10, 10)  # one head over all classes: blocks of absent classes too
-    finite = np.isfinite(ksm).all(axis=0)
-    np.testing.assert_allclose(ksm[:, finite].mean(axis=0), 1.0, rtol=1e-9)
+    assert ksm.shape == (10, 10)  # one head over all classes; task 1 holds classes 0-2
+    np.testing.assert_allclose(ksm[:3, :3].mean(axis=0), 1.0, rtol=1e-9)
+    assert np.isnan(ksm[3:]).all() and np.isnan(ksm[:, 3:]).all()
+    assert np.isfinite(m["specialization_dominance"].sel(probe=1).values).all()
     layers = m["layer_alignment"].sel(probe=1, when="final")
     assert layers.sizes["layer"] == 2  # one hidden layer and the readout
 

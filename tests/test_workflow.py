@@ -268,3 +268,22 @@ def test_an_analysis_setting_reruns_only_that_analysis(dynamics):
     plan = jobs(snakemake(workdir, changed, "--dry-run").stdout)
     assert plan["sharpness"] == 2 and plan["metrics"] == 2
     assert not {"train_phase1", "extract_ntk", "train_kernel"} & set(plan)
+
+
+def test_cli_shows_the_study_measures_of_a_run(dynamics):
+    workdir, _ = dynamics
+    cli = Path(sys.executable).parent / "ntkpipe"
+    (workdir / "config.yaml").write_text(yaml.safe_dump(DYNAMICS))
+    found = {}
+    for path in sorted((workdir / "out/runs").rglob("metrics.nc")):
+        show = subprocess.run([str(cli), "show", str(path), "--config", "config.yaml",
+                               "--json"], cwd=workdir, capture_output=True, text=True,
+                              timeout=120)
+        assert show.returncode == 0, show.stderr
+        end = json.loads(show.stdout)[-1]
+        assert end["at"] == "end"
+        found["tanh" if "activation~tanh" in str(path) else "other"] = end
+    assert found["tanh"]["stability_threshold"] in (20.0, 40.0)
+    assert found["tanh"]["final_sharpness"] > 0
+    assert {"final_kgd_loss", "effective_gamma", "final_specialization_dominance",
+            "eigen_exponent_final"} <= set(found["other"])

@@ -119,12 +119,41 @@ def cmd_show(args: argparse.Namespace) -> int:
             row[name] = round(float(ds[name].sel(probe=ds["probe"].values[0], step=step)), 6)
         row["test_accuracy"] = [round(float(a), 4) for a in ds["test_accuracy"].sel(step=step).values]
         rows.append(row)
-    _emit(rows, list(rows[0]), args.json)
-    if not args.json:
+    studies = study_measures(ds)
+    if args.json:
+        _emit([{**row, **studies} if i == len(rows) - 1 else row for i, row in enumerate(rows)],
+              list(rows[0]), True)
+        return 0
+    _emit(rows, list(rows[0]), False)
+    if boundaries:
         for name in ("velocity_spike", "norm_dip", "recovery_steps", "alignment_deflection"):
             values = ds[name].sel(probe=ds["probe"].values[0]).values
             print(f"{name}: {', '.join(f'{v:.4g}' for v in values)}")
+    for name, value in studies.items():
+        print(f"{name}: {value:.4g}")
     return 0
+
+
+def study_measures(ds: Any) -> dict[str, float]:
+    """The edge-of-stability and feature-evolution measures a run's metrics hold, at its end."""
+    out: dict[str, float] = {}
+    if "sharpness" in ds:
+        top = ds["sharpness"].isel(hessian_eig=0).dropna("step")
+        if top.size:
+            out["final_sharpness"] = float(top[-1])
+        out["stability_threshold"] = float(ds["stability_threshold"])
+    if "kgd_loss" in ds:
+        for name in ("network_loss", "kgd_loss", "akgd_loss"):
+            out[f"final_{name}"] = float(ds[name].isel(loss_point=-1))
+        out["effective_gamma"] = float(ds["effective_gamma"])
+        for name in ("eigen_exponent", "task_exponent"):
+            for when in ("initial", "final"):
+                out[f"{name}_{when}"] = float(ds[name].sel(when=when))
+    if "specialization_dominance" in ds:
+        dominance = ds["specialization_dominance"].isel(probe=0).dropna("step")
+        if dominance.size:
+            out["final_specialization_dominance"] = float(dominance[-1])
+    return out
 
 
 def cmd_summary(args: argparse.Namespace) -> int:

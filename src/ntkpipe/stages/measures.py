@@ -152,12 +152,16 @@ def _specialization(ds: Any) -> Any:
     if "ntk_per_output" in ds:
         blocks = ds["ntk_per_output"].values.astype(np.float64)  # (probe, step, O, N, N)
         ksm = np.full(blocks.shape[:3] + blocks.shape[2:3], np.nan)
+        dominance = np.full(blocks.shape[:2], np.nan)
         for p in range(blocks.shape[0]):
+            # over the classes the probe set holds: a class-incremental task leaves the other
+            # outputs of the shared head without a target
+            present = np.unique(ds["label"].values[p])
             for s in range(blocks.shape[1]):
                 if np.isfinite(blocks[p, s]).all():
-                    ksm[p, s] = kernel_specialization(blocks[p, s], onehot[p])
-        dominance = np.array([[diagonal_dominance(k) if np.isfinite(k).all() else np.nan
-                               for k in row] for row in ksm])
+                    sub = kernel_specialization(blocks[p, s][present], onehot[p][:, present])
+                    ksm[p, s][np.ix_(present, present)] = sub
+                    dominance[p, s] = diagonal_dominance(sub)
         ends = [_ends(b) for b in blocks]
         out["specialization"] = (("probe", "when", "output", "output_j"),
                                  np.stack([ksm[p, e] for p, e in enumerate(ends)]), {
