@@ -126,6 +126,9 @@ def test_training_kernel_spectra(run):
         k_min, k_max = (int(m[f"eigen_fit_{e}"].sel(when=when)) for e in ("kmin", "kmax"))
         assert 1 <= k_min < k_max <= n // 2
     assert float(m["effective_gamma"]) >= 0
+    # λ_max(K0) from the stored spectrum: the stability ratio η λ_max / 2n (n = 60, η = 0.05)
+    lam = float(m["train_eigenvalues"].sel(when="initial", mode=1))
+    assert float(m["kgd_stability"]) == pytest.approx(0.05 * lam / 120, rel=1e-12)
     assert tk["when_step"].values.tolist() == [0, 12]
 
 
@@ -160,3 +163,29 @@ def test_sharpness_file_from_another_run_is_refused(run, tmp_path):
         stages.compute_metrics(run["ntk.nc"], tmp_path / "m.nc", metrics_cfg=METRICS,
                                provenance=PROV, sharpness_path=tmp_path / "other.nc")
     assert not (tmp_path / "m.nc").exists()
+
+
+def test_spectrum_fits_stop_at_the_kernels_rank():
+    """Past a kernel's rank the eigenvectors are an arbitrary null-space basis: neither power
+    law is fitted there, and γ's alignment is the cosine with YYᵀ."""
+    from ntkpipe.specialization import target_cosine
+    from ntkpipe.stages.measures import _train_kernel_measures
+
+    rng = np.random.default_rng(2)
+    n, rank = 30, 4
+    a = rng.standard_normal((n, rank))
+    k0 = a @ a.T
+    k1 = k0 + 0.5 * np.outer(a[:, 0], a[:, 0])
+    labels = rng.integers(0, 3, n)
+    tk = xr.Dataset(
+        {"train_ntk": (("when", "sample", "sample_j"), np.stack([k0, k1])),
+         "train_output": (("when", "sample", "output"), np.zeros((2, n, 3))),
+         "network_loss": ("loss_step", np.linspace(1.0, 0.5, 10))},
+        coords={"when": ["initial", "final"], "train_label": ("sample", labels),
+                "loss_step": np.arange(10), "output": np.arange(3)},
+        attrs={"learning_rate": 0.1, "loss": "mse"})
+    out = _train_kernel_measures(tk, {"fit_range": None, "loss_points": 5})
+    assert (out["eigen_fit_kmax"].values <= rank).all()
+    assert (out["task_fit_kmax"].values <= rank).all()
+    assert float(out["train_alignment"].sel(when="final")) == pytest.approx(
+        target_cosine(k1, np.eye(3)[labels]))

@@ -75,6 +75,7 @@ BAD = [
       "sweeps": {"w": {"optimizer": ["gd"]}}}, "has no entry for it; add gd: <epochs>"),
     ({"sweeps": {"w": {"analyses": ["hessian"]}}}, "'sweeps.w.analyses[0]' is 'hessian'"),
     ({"analysis": {"sharpness": {"subset": 0}}}, "'analysis.sharpness.subset'"),
+    ({"analysis": {"train_kernel": {"fit_range": [5, 5]}}}, "k_min < k_max"),
 ]
 
 

@@ -107,3 +107,17 @@ def test_effective_gamma_limits():
     off_target = np.eye(N) - np.outer(y, y) / (y @ y)  # adds norm, not yᵀKy
     assert sp.effective_gamma(k0, k0 + 5 * off_target, y) == 0.0  # less aligned than K0
     assert sp.effective_gamma(k0, np.outer(y, y), y) == math.inf
+
+
+def test_gamma_reproduces_the_reported_target_cosine():
+    """A(K0/‖K0‖ + γ yyᵀ) with the solved γ equals the target cosine of K_∞ (the alignment the
+    metrics stage reports beside γ)."""
+    rng = np.random.default_rng(4)
+    a = rng.standard_normal((12, 6))
+    k0 = a @ a.T
+    y = np.eye(3)[rng.integers(0, 3, 12)]
+    k_inf = k0 / np.linalg.norm(k0) + 0.02 * y @ y.T
+    gamma = sp.effective_gamma(k0, k_inf, y)
+    rebuilt = k0 / np.linalg.norm(k0) + gamma * y @ y.T
+    assert sp.target_cosine(rebuilt, y) == pytest.approx(sp.target_cosine(k_inf, y), rel=1e-10)
+    assert sp.target_cosine(y @ y.T, y) == pytest.approx(1.0)

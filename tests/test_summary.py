@@ -341,3 +341,13 @@ def test_runs_without_boundaries_combine_with_others(runs):
     run = ds.isel(run=_row(ds, point))
     assert np.isfinite(run["spectral_norm"].sel(probe=0).dropna("step")).all()
     assert np.isnan(run["boundary_step"]).all()
+
+
+def test_text_labels_keep_the_runs_order():
+    from ntkpipe.summary import _own_union
+
+    assert list(_own_union([np.array(["initial", "final"])] * 2)) == ["initial", "final"]
+    layers = [np.array(["1", "3"]), np.array(["1", "3", "5", "7", "9", "11"])]
+    assert list(_own_union(layers)) == ["1", "3", "5", "7", "9", "11"]
+    assert list(_own_union([np.array(["b", "c"]), np.array(["a", "c"])])) == ["a", "b", "c"]
+    assert list(_own_union([np.array([3, 1]), np.array([2])])) == [1, 2, 3]

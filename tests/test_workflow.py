@@ -119,6 +119,14 @@ def test_phase2_setting_never_retrains_phase1(workflow):
     assert plan["train_phase2"] == 3
 
 
+def test_a_gd_stopping_rule_never_retrains_sgd_runs(workflow):
+    changed = {**TINY, "train": {**TINY["train"], "phase1": {
+        "max_epochs": {"sgd": 3, "gd": 500}, "target_loss": {"mse": 0.1}}}}
+    plan = snakemake(workflow, changed, "--dry-run")
+    assert plan.returncode == 0, plan.stderr[-2000:]
+    assert "Nothing to be done" in plan.stdout + plan.stderr
+
+
 def test_adding_a_width_runs_only_that_width(workflow):
     wider = {**TINY, "sweeps": {**TINY["sweeps"],
                                 "width": {"width": [16, 24], "regime": ["lazy", "feature"]}}}

@@ -90,6 +90,10 @@ def _check_semantics(config: dict[str, Any]) -> None:
     if kernel != "trace" and kernel not in stored:  # the traced kernel is always stored
         raise ConfigError(f"'metrics.kernel' is {kernel!r} but 'ntk.kernels' ({', '.join(stored)}) "
                           f"does not store it; add {kernel!r} to ntk.kernels")
+    fit_range = config["analysis"]["train_kernel"]["fit_range"]
+    if fit_range and fit_range[0] >= fit_range[1]:
+        raise ConfigError(f"'analysis.train_kernel.fit_range' is {fit_range}: it must be "
+                          "[k_min, k_max] with k_min < k_max")
     sweeps = config["sweeps"]
     if not sweeps:
         raise ConfigError("'sweeps' is empty: define at least one sweep")

@@ -344,8 +344,7 @@ def edge_of_stability(ds: Any, path: str | Path) -> None:
             one = eos.sel(activation=activation, lr=lr)
             if not _has_data(one["sharpness"]):
                 continue
-            threshold = float(np.nanmean(one["stability_threshold"].values)) \
-                if "stability_threshold" in one else 2 / lr
+            threshold = float(np.nanmean(one["stability_threshold"].values))
             label = f"η={lr:g}{diverged_note(one)}"
             _band(row[0], *seed_table(one["sharpness"].max("hessian_eig")), label, color)
             row[0].axhline(threshold, color=color, ls="--", lw=1)

@@ -94,6 +94,12 @@ def gamma_alignment(k0: Any, y: Any, gamma: float) -> float:
     return (kt + gamma * tt ** 2) / (tt * math.sqrt(1.0 + 2 * gamma * kt + gamma ** 2 * tt ** 2))
 
 
+def target_cosine(k: Any, y: Any) -> float:
+    """⟨K, yyᵀ⟩_F / (‖K‖_F ‖yyᵀ‖_F): the alignment A that `effective_gamma` solves for (for a
+    single target column, yᵀKy / (‖K‖_F ‖y‖²))."""
+    return _cosine(as_array(k), _label_kernel(y))
+
+
 def effective_gamma(k0: Any, k_inf: Any, y: Any) -> float:
     """Effective feature-learning rate γ ≥ 0 with A(K_∞) = A(K0/‖K0‖_F + γ yyᵀ)
     (Shan & Bordelon 2021, §3 of science.md); 0.0 if K_∞ is no better aligned than K0, inf

@@ -49,6 +49,19 @@ def _sorted_union(values: Iterable[Any]) -> np.ndarray:
     return np.sort(_column(list(set(values))))
 
 
+def _own_union(per_run: list[np.ndarray]) -> np.ndarray:
+    """A dim's labels over all runs: numbers sorted; text in the order of the run holding the
+    most of them when it holds all (`when` stays initial, final; layer '10' after '2'), else
+    sorted."""
+    values = [v.item() if hasattr(v, "item") else v for labels in per_run for v in labels]
+    if not any(isinstance(v, str) for v in values):
+        return _sorted_union(values)
+    longest = [str(v) for v in max(per_run, key=len)]
+    if set(longest) == {str(v) for v in values}:
+        return _column(longest)
+    return _sorted_union(values)
+
+
 def _labels(ds: Any, dim: str) -> np.ndarray:
     """A dim's coordinate values; positions when it has no coordinate."""
     return ds[dim].values if dim in ds.coords else np.arange(ds.sizes[dim])
@@ -84,8 +97,8 @@ def combine(datasets: list[Any], *, provenance: dict[str, str]) -> Any:
         for name in ds.data_vars:
             first.setdefault(name, ds[name])
     own_dims = sorted({d for ds in datasets for d in ds.dims})
-    own_coords = {d: _sorted_union(v.item() for ds in datasets if d in ds.dims
-                                   for v in _labels(ds, d)) for d in own_dims}
+    own_coords = {d: _own_union([_labels(ds, d) for ds in datasets if d in ds.dims])
+                  for d in own_dims}
     labelled = [d for d in own_dims if any(d in ds.coords for ds in datasets)]
     lookup = {d: {v: i for i, v in enumerate(own_coords[d])} for d in own_dims}
     arrays = {name: np.full((len(datasets), *(len(own_coords[d]) for d in da.dims)), np.nan)

@@ -81,10 +81,21 @@ def lr_settings():
             "lazy_lr_scale": t["lazy_lr_scale"]}
 
 
+def phase1_stop(wildcards):
+    """Phase 1's stopping rule for this run, resolved from the per-loss and per-optimizer
+    maps (a gd limit or an MSE target does not retrain cross-entropy SGD runs)."""
+    from ntkpipe.stages.training import max_epochs, target_loss
+
+    p1, run = config["train"]["phase1"], run_params(wildcards)
+    return {"target_accuracy": p1["target_accuracy"], "min_epochs": p1["min_epochs"],
+            "target_loss": target_loss(p1, run["loss"]),
+            "max_epochs": max_epochs(p1, run["optimizer"])}
+
+
 def phase1_settings(wildcards):
     """Training settings phase 1 depends on (phase-2 settings excluded: no retraining)."""
     t = config["train"]
-    return {"momentum": t["momentum"], **lr_settings(), "phase1": t["phase1"],
+    return {"momentum": t["momentum"], **lr_settings(), "phase1": phase1_stop(wildcards),
             "snapshots": {"log_points": t["snapshots"]["log_points"]},
             "snapshot_every": snapshot_every(PHASE1_ANALYSES.get(wildcards.run, ())),
             "checkpoint_every": t["checkpoint_every"]}

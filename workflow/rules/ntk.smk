@@ -50,11 +50,11 @@ rule sharpness:
     params:
         run=run_params,
         model=model_settings(),
-        train=lr_settings(),
+        train={**lr_settings(), "momentum": config["train"]["momentum"]},
         sharpness=config["analysis"]["sharpness"],
-        code=ntksmk.source_hash("hessian", "models", "ntk", "spectra", "stages/analyses",
-                                "stages/data", "stages/kernels", "stages/training", "store",
-                                "train"),
+        code=ntksmk.source_hash("hessian", "metrics", "models", "ntk", "spectra", "splits",
+                                "stages/analyses", "stages/data", "stages/kernels",
+                                "stages/training", "store", "sweep", "train"),
     script:
         "../scripts/sharpness.py"
 
@@ -80,7 +80,7 @@ rule train_kernel:
         model=model_settings(),
         train=lr_settings(),
         ntk={k: config["ntk"][k] for k in ("dtype", "max_memory_gb")},
-        code=ntksmk.source_hash("models", "ntk", "stages/analyses", "stages/data",
-                                "stages/kernels", "stages/training", "store"),
+        code=ntksmk.source_hash("models", "ntk", "splits", "stages/analyses", "stages/data",
+                                "stages/kernels", "stages/training", "store", "sweep"),
     script:
         "../scripts/train_kernel.py"

@@ -22,8 +22,7 @@ from ntkpipe.progress import ProgressBar
 from ntkpipe.splits import probe_set
 from ntkpipe.stages.data import Log, compute_device, load_data, load_split, quiet, tensors
 from ntkpipe.stages.kernels import load_snapshots
-from ntkpipe.stages.training import make_model
-from ntkpipe.sweep import effective_lr
+from ntkpipe.stages.training import make_model, run_lr
 
 _SUBSET_STREAM = 7  # RNG stream of the sharpness subsets (splits.py uses 0..3)
 
@@ -37,12 +36,6 @@ def sharpness_subset(labels: np.ndarray, classes: list[int], size: int, seed: in
     return probe_set(labels, classes, size, np.random.default_rng([seed, _SUBSET_STREAM, task]))
 
 
-def run_lr(run: dict[str, Any], train_cfg: dict[str, Any]) -> float:
-    """The learning rate a run trains with (the lazy regime's scaling applied)."""
-    return effective_lr(run["lr"], run["regime"], run["width"],
-                        train_cfg["lazy_reference_width"], train_cfg["lazy_lr_scale"])
-
-
 def measure_sharpness(data_path: str | Path, split_path: str | Path,
                       snapshot_paths: list[str | Path], out: str | Path, *,
                       run: dict[str, Any], model_cfg: dict[str, Any],
@@ -51,6 +44,7 @@ def measure_sharpness(data_path: str | Path, split_path: str | Path,
     """Sharpness and its Gauss–Newton (NTK) counterpart at every snapshot, against 2/η."""
     import torch
     import xarray as xr
+    from scipy.sparse.linalg import ArpackNoConvergence
 
     from ntkpipe.hessian import gauss_newton_sharpness, top_hessian_eigen
     from ntkpipe.ntk import empirical_ntk
@@ -84,10 +78,13 @@ def measure_sharpness(data_path: str | Path, split_path: str | Path,
         subset_loss[s] = value
         task = snaps["tasks"][s]
         if np.isfinite(value):
-            hessian[s], vectors = top_hessian_eigen(model, x, y, run["loss"], k=top,
-                                                    tol=sharpness_cfg["tolerance"],
-                                                    seed=run["seed"], start=start.get(task))
-            start[task] = vectors[:, 0]
+            try:
+                hessian[s], vectors = top_hessian_eigen(model, x, y, run["loss"], k=top,
+                                                        tol=sharpness_cfg["tolerance"],
+                                                        seed=run["seed"], start=start.get(task))
+                start[task] = vectors[:, 0]
+            except ArpackNoConvergence:  # one snapshot's NaN, not the whole job's work lost
+                log(f"step {snaps['steps'][s]}: Lanczos did not converge; sharpness left NaN")
             full = empirical_ntk(model, x, mode="full", dtype=torch.float64)
             gauss_newton[s] = gauss_newton_sharpness(full, outputs, run["loss"])
         bar.update(s + 1, f"step {snaps['steps'][s]} sharpness {hessian[s, 0]:.4g}")
@@ -96,23 +93,28 @@ def measure_sharpness(data_path: str | Path, split_path: str | Path,
                 f"sharpness {hessian[s, 0]:.5g} Gauss-Newton {gauss_newton[s]:.5g}")
     bar.close()
     lr = run_lr(run, train_cfg)
+    momentum = float(train_cfg.get("momentum", 0.0))
     ds = xr.Dataset(
         {
             "sharpness": (("step", "hessian_eig"), hessian, {
                 "long_name": "top eigenvalues of the training-loss Hessian (Lanczos)",
                 "subset": int(sharpness_cfg["subset"])}),
             "gauss_newton_sharpness": ("step", gauss_newton, {
-                "long_name": "top eigenvalue of the Gauss–Newton part, λ_max(Θ_full)/n for MSE"}),
+                "long_name": "top eigenvalue of the Gauss–Newton part of the Hessian: "
+                             + ("λ_max(Θ_full)/n" if run["loss"] == "mse" else
+                                "λ_max(S Θ_full S)/n, S² the softmax Hessians")}),
             "sharpness_subset_loss": ("step", subset_loss, {
                 "long_name": "training loss on the sharpness subset"}),
-            "stability_threshold": ((), 2.0 / lr, {"long_name": "2/η, the stability threshold "
-                                                                 "of gradient descent"}),
+            # heavy-ball momentum β moves the threshold to (2 + 2β)/η (Cohen et al. 2021, §3)
+            "stability_threshold": ((), (2.0 + 2.0 * momentum) / lr, {
+                "long_name": "(2 + 2β)/η, the stability threshold of gradient descent with "
+                             "momentum β"}),
         },
         coords={"step": np.array(snaps["steps"], dtype=np.int64),
                 "hessian_eig": np.arange(1, top + 1)},
     )
     ds.attrs.update(store.dataset_attrs("ntkpipe sharpness along training", provenance))
-    ds.attrs["learning_rate"] = lr
+    ds.attrs.update({"learning_rate": lr, "momentum": momentum, "loss": run["loss"]})
     store.write_netcdf(ds, out)
 
 
@@ -168,8 +170,11 @@ def train_kernel(data_path: str | Path, split_path: str | Path, snapshots_path: 
                 "loss_step": raw["loss_steps"].numpy().astype(np.int64)},
     )
     ds.attrs.update(store.dataset_attrs("ntkpipe NTK on the training set", provenance))
+    full_batch = run["optimizer"] == "gd" or run["batch_size"] == "full"
     ds.attrs.update({"learning_rate": run_lr(run, train_cfg), "loss": run["loss"],
                      "optimizer": run["optimizer"], "batch_size": str(run["batch_size"]),
+                     # KGD is the full-batch dynamics: for SGD the recorded loss is the batch's
+                     "network_loss_kind": "full batch" if full_batch else "mini-batch",
                      "diverged_step": int(snaps["diverged_step"]),
                      "run_json": json.dumps(run, sort_keys=True)})
     store.write_netcdf(ds, out)

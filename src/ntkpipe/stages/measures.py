@@ -147,6 +147,8 @@ def _specialization(ds: Any) -> Any:
                                         layer_alignment)
 
     out = xr.Dataset(coords={"when": ["initial", "final"]})
+    # "final" is the end of phase 1, as for the training-set kernel (later tasks shift it)
+    phase1 = ds["phase"].values == 1
     onehot = [np.eye(ds.sizes["output"])[labels] if "output" in ds.sizes else None
               for labels in ds["label"].values]
     if "ntk_per_output" in ds:
@@ -162,7 +164,7 @@ def _specialization(ds: Any) -> Any:
                     sub = kernel_specialization(blocks[p, s][present], onehot[p][:, present])
                     ksm[p, s][np.ix_(present, present)] = sub
                     dominance[p, s] = diagonal_dominance(sub)
-        ends = [_ends(b) for b in blocks]
+        ends = [_ends(b[phase1]) for b in blocks]
         out["specialization"] = (("probe", "when", "output", "output_j"),
                                  np.stack([ksm[p, e] for p, e in enumerate(ends)]), {
             "long_name": "kernel specialization matrix KSM(c, c'): alignment of block Θ^{c,c} "
@@ -171,10 +173,13 @@ def _specialization(ds: Any) -> Any:
             "long_name": "KSM mean diagonal minus mean off-diagonal", "units": "1"})
     if "ntk_per_layer" in ds:
         layers = ds["ntk_per_layer"].values.astype(np.float64)  # (probe, step, L, N, N)
-        rows = []
+        rows = np.full(layers.shape[:1] + (2,) + layers.shape[2:3] + (ds.sizes["output"],),
+                       np.nan)
         for p in range(layers.shape[0]):
-            rows.append([layer_alignment(layers[p, s], onehot[p]) for s in _ends(layers[p])])
-        out["layer_alignment"] = (("probe", "when", "layer", "output"), np.array(rows), {
+            present = np.unique(ds["label"].values[p])
+            for w, s in enumerate(_ends(layers[p][phase1])):
+                rows[p, w][:, present] = layer_alignment(layers[p, s], onehot[p][:, present])
+        out["layer_alignment"] = (("probe", "when", "layer", "output"), rows, {
             "long_name": "alignment yᶜᵀΘ_l yᶜ / (‖Θ_l‖_F ‖yᶜ‖²) of each layer's part of the "
                          "traced NTK to each class target", "units": "1"})
         out = out.assign_coords(layer=ds["layer"].values)
@@ -204,8 +209,7 @@ def _train_kernel_measures(tk: Any, cfg: dict[str, Any]) -> Any:
     import xarray as xr
 
     from ntkpipe import kgd, spectra
-    from ntkpipe.metrics import target_alignment
-    from ntkpipe.specialization import effective_gamma
+    from ntkpipe.specialization import effective_gamma, target_cosine
 
     k0, k_final = (tk["train_ntk"].values[i].astype(np.float64) for i in (0, 1))
     labels = tk["train_label"].values
@@ -230,13 +234,22 @@ def _train_kernel_measures(tk: Any, cfg: dict[str, Any]) -> Any:
             continue
         eig[w], vecs = spectra.eigen_spectrum(k)
         task[w] = np.sum((vecs.T @ y) ** 2, axis=1)
-        align[w] = target_alignment(k, y)
+        align[w] = target_cosine(k, y)
+        # beyond the kernel's numerical rank the eigenvectors are an arbitrary basis of its
+        # null space: the task spectrum's fit stops where the eigenvalues' default range does
+        rank_range = spectra.default_power_law_range(eig[w])
         for kind, values in (("eigen", eig[w]), ("task", task[w])):
-            fit = spectra.power_law_fit(values, fit_range)
+            try:
+                fit = spectra.power_law_fit(values, fit_range or rank_range)
+            except ValueError:  # fewer than two positive values in the range
+                continue
             for field, key in (("exponent", "exponent"), ("fit_kmin", "k_min"),
                                ("fit_kmax", "k_max"), ("fit_r2", "r2")):
                 fits[f"{kind}_{field}"][w] = fit[key]
     gamma = effective_gamma(k0, k_final, y) if usable else np.nan
+    # (I − ηK/n)^t is stable while η λ_max / n < 2 (science.md §3, discrete KGD)
+    scale = np.linalg.norm(k_final) / np.linalg.norm(k0) if usable else np.nan
+    stability = lr * eig[0, 0] / (2 * n) * np.array([1.0, scale])
     at = np.searchsorted(loss_steps, grid)
     net = np.where(at < len(loss_steps), network[np.minimum(at, len(network) - 1)], np.nan)
     described = {
@@ -257,7 +270,14 @@ def _train_kernel_measures(tk: Any, cfg: dict[str, Any]) -> Any:
         "task_spectrum": (("when", "mode"), task, {
             "long_name": "task spectrum v_k² = Σ_c (u_k · yᶜ)²"}),
         "train_alignment": ("when", align, {
-            "long_name": "kernel-target alignment on the training set", "units": "1"}),
+            "long_name": "kernel-target alignment on the training set, ⟨K, YYᵀ⟩_F / "
+                         "(‖K‖_F ‖YYᵀ‖_F): the A of the γ equation", "units": "1"}),
+        "kgd_stability": ((), stability[0], {
+            "long_name": "η λ_max(K0) / 2n: at 1 or more KGD with the frozen kernel diverges",
+            "units": "1"}),
+        "akgd_stability": ((), stability[1], {
+            "long_name": "η λ_max / 2n of aKGD's rescaled kernel: at 1 or more it diverges",
+            "units": "1"}),
         "effective_gamma": ((), gamma, {
             "long_name": "effective feature-learning rate γ (science.md §3, Eq. 20)"}),
         **{name: ("when", values, {"long_name": described.get(name, name.replace("_", " "))})

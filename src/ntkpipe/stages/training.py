@@ -30,13 +30,18 @@ def make_model(data: dict[str, Any], run: dict[str, Any], model_cfg: dict[str, A
 def _schedule(run: dict[str, Any], train_cfg: dict[str, Any]) -> "Schedule":
     from ntkpipe.train import Schedule
 
-    return Schedule(lr=effective_lr(run["lr"], run["regime"], run["width"],
-                                    train_cfg["lazy_reference_width"], train_cfg["lazy_lr_scale"]),
+    return Schedule(lr=run_lr(run, train_cfg),
                     loss=run["loss"], optimizer=run["optimizer"],
                     momentum=train_cfg["momentum"], batch_size=run["batch_size"],
                     seed=run["seed"], log_points=train_cfg["snapshots"]["log_points"],
                     checkpoint_every=train_cfg["checkpoint_every"],
                     snapshot_every=train_cfg.get("snapshot_every", 0))
+
+
+def run_lr(run: dict[str, Any], train_cfg: dict[str, Any]) -> float:
+    """The learning rate a run trains with (the lazy regime's scaling applied)."""
+    return effective_lr(run["lr"], run["regime"], run["width"],
+                        train_cfg["lazy_reference_width"], train_cfg["lazy_lr_scale"])
 
 
 def target_loss(phase1: dict[str, Any], loss: str) -> float | None:
