@@ -337,7 +337,7 @@ def claim_edge_of_stability(ds: Any, t: dict[str, float]) -> list[Row]:
     deviation[runs] = [_sharpness_deviation(ds, run) for run in runs]
     worst = float(np.max(np.abs(deviation[runs])))
     rows.append(Row(EOS, EOS_CLAIMS[2], "max over runs of |median sharpness over the later half "
-                    "of its snapshots − 2/η| / (2/η)", worst, f"<= {t['sharpness_band']}",
+                    "of its steps − 2/η| / (2/η)", worst, f"<= {t['sharpness_band']}",
                     _check(worst, t["sharpness_band"], "<="),
                     f"{len(runs)} runs; signed deviation per η (largest over its runs): "
                     + _per_value(ds, runs, "lr", deviation, "+.1%",
