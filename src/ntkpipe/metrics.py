@@ -110,13 +110,6 @@ def eigen_alignment_stack(kernels: Any, y: Any, top: int) -> tuple[np.ndarray, n
     return values, align
 
 
-def top_eigen_stack(kernels: Any, y: Any) -> tuple[np.ndarray, np.ndarray]:
-    """λ_max and the top-eigenvector alignment (u₁ᵀy)²/‖y‖² (summed over output columns) of
-    each kernel of a stack; NaN for non-finite kernels."""
-    values, align = eigen_alignment_stack(kernels, y, 1)
-    return values[:, 0], align[:, 0]
-
-
 def target_alignments(kernels: Any, y: Any) -> np.ndarray:
     """yᵀKy / (‖K‖_F ‖y‖²) for every kernel of a stack (see `target_alignment`)."""
     ks, y = as_array(kernels), as_array(y)
