@@ -318,11 +318,14 @@ def test_batched_top_eigen_and_target_alignment_match_single_kernel_forms():
     stack = a @ a.transpose(0, 2, 1)
     stack[1, 0, 0] = np.nan
     y = np.eye(3)[rng.integers(0, 3, 6)]
-    top, align = m.top_eigen_stack(stack, y)
+    values, aligns = m.eigen_alignment_stack(stack, y, 2)
+    top, align = values[:, 0], aligns[:, 0]
     target = m.target_alignments(stack, y)
     for t in (0, 2):
         vals, vecs = np.linalg.eigh(stack[t])
         assert top[t] == pytest.approx(vals[-1])
         assert align[t] == pytest.approx(((vecs[:, -1] @ y) ** 2).sum() / (y * y).sum())
+        assert values[t, 1] == pytest.approx(vals[-2])
+        assert aligns[t, 1] == pytest.approx(((vecs[:, -2] @ y) ** 2).sum() / (y * y).sum())
         assert target[t] == pytest.approx(m.target_alignment(stack[t], y))
     assert np.isnan(top[1]) and np.isnan(align[1])
