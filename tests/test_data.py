@@ -370,3 +370,15 @@ def test_download_failure_is_a_dataset_error(tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "torchvision.datasets", datasets)
     with pytest.raises(DatasetError, match="could not download cifar100 .*Error downloading"):
         load_dataset("cifar100", tmp_path, download=True)
+
+
+def test_the_suite_cannot_reach_the_network():
+    """The autouse guard in conftest.py: a download test that slipped past its fakes would
+    fail here-and-now, not hang or pass on a networked machine."""
+    import socket
+
+    from conftest import NetworkBlocked
+
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        with pytest.raises(NetworkBlocked, match="may not reach the network"):
+            sock.connect(("93.184.216.34", 80))

@@ -210,3 +210,15 @@ def test_loss_curve_equals_the_loss_of_the_residuals(flow):
     np.testing.assert_allclose(kgd.kgd_loss_curve(full, y, 0.1, steps, f0),
                                kgd.kgd_loss(kgd.kgd_residuals(full, y, 0.1, steps, f0)),
                                rtol=1e-12)
+
+
+def test_mode_loss_curve_reuses_one_eigendecomposition_for_a_rescaled_kernel():
+    rng = np.random.default_rng(12)
+    a = rng.standard_normal((9, 5))
+    k0 = a @ a.T
+    y, f0 = rng.standard_normal((9, 2)), rng.standard_normal((9, 2))
+    vals, vecs = np.linalg.eigh(k0)
+    energy = np.sum((vecs.T @ (f0 - y)) ** 2, axis=1)
+    steps = [0, 3, 30]
+    np.testing.assert_allclose(kgd.mode_loss_curve(2.5 * vals, energy, 0.05, steps, 9),
+                               kgd.kgd_loss_curve(2.5 * k0, y, 0.05, steps, f0), rtol=1e-12)

@@ -105,12 +105,20 @@ def kgd_loss_curve(k0: Any, y: Any, eta: float, steps: Any, f0: Any = None, *,
     forming the residuals: K0's eigenvectors are orthonormal, so ‖Δ(t)‖²_F is
     Σ_k decay_k(t)² ‖V_kᵀ Δ_0‖² (O(S·m) after one eigendecomposition, not O(S·m²))."""
     mat, delta, n, _ = _system(k0, y, f0)
-    steps = _check_steps(steps, flow)
     vals, vecs = np.linalg.eigh(mat)
-    decay = _decay(_rates(vals, eta, n, averaged), steps, flow)
-    energy = np.sum((vecs.T @ delta) ** 2, axis=1)  # ‖V_kᵀ Δ_0‖² per eigenmode
+    return mode_loss_curve(vals, np.sum((vecs.T @ delta) ** 2, axis=1), eta, steps, n,
+                           averaged=averaged, flow=flow)
+
+
+def mode_loss_curve(vals: Any, energy: Any, eta: float, steps: Any, n: int, *,
+                    averaged: bool = True, flow: bool = False) -> np.ndarray:
+    """`kgd_loss_curve` from K0's eigenvalues and the initial residual's energy per eigenmode,
+    ‖V_kᵀ Δ_0‖²: a caller holding K0's eigendecomposition (or that of c·K0, whose eigenvalues
+    are c times K0's on the same modes, as aKGD's) reuses it."""
+    steps = _check_steps(steps, flow)
+    decay = _decay(_rates(as_array(vals), eta, n, averaged), steps, flow)
     with np.errstate(over="ignore", invalid="ignore"):
-        return 0.5 * (decay ** 2 @ energy) / n
+        return 0.5 * (decay ** 2 @ as_array(energy)) / n
 
 
 def kgd_loss(residuals: Any) -> np.ndarray:

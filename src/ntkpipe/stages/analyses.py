@@ -131,7 +131,6 @@ def train_kernel(data_path: str | Path, split_path: str | Path, snapshots_path: 
 
     data, split = load_data(data_path), load_split(split_path)
     snaps = load_snapshots([snapshots_path])
-    raw = store.load_torch(snapshots_path)
     device = compute_device()
     provenance = {**provenance, "device": str(device)}
     model = make_model(data, run, model_cfg).to(device).eval()
@@ -158,7 +157,7 @@ def train_kernel(data_path: str | Path, split_path: str | Path, snapshots_path: 
                            "computed_in": ntk_cfg["dtype"]}),
             "train_output": (("when", "sample", "output"), np.stack(outputs),
                              {"long_name": "network outputs on task 1's training set"}),
-            "network_loss": ("loss_step", raw["losses"].double().numpy(),
+            "network_loss": ("loss_step", np.array(snaps["losses"], dtype=np.float64),
                              {"long_name": "training loss before the update of each step"}),
         },
         coords={"when": ["initial", "final"],
@@ -167,7 +166,7 @@ def train_kernel(data_path: str | Path, split_path: str | Path, snapshots_path: 
                 "output": np.arange(data["num_classes"]),
                 "train_label": ("sample", data["y_train"][idx].astype(np.int64)),
                 "train_index": ("sample", idx.astype(np.int64)),
-                "loss_step": raw["loss_steps"].numpy().astype(np.int64)},
+                "loss_step": np.array(snaps["loss_steps"], dtype=np.int64)},
     )
     ds.attrs.update(store.dataset_attrs("ntkpipe NTK on the training set", provenance))
     full_batch = run["optimizer"] == "gd" or run["batch_size"] == "full"

@@ -20,8 +20,10 @@ if TYPE_CHECKING:
 
 
 def load_snapshots(paths: list[str | Path]) -> dict[str, Any]:
-    """Snapshots of consecutive phases merged in step order (a repeated step is kept once)."""
+    """Snapshots of consecutive phases merged in step order (a repeated step is kept once),
+    with the training loss of every step."""
     steps, epochs, tasks, states = [], [], [], []
+    loss_steps, losses = [], []
     boundaries, diverged = [], -1
     for path in paths:
         snap = store.load_torch(path)
@@ -34,10 +36,15 @@ def load_snapshots(paths: list[str | Path]) -> dict[str, Any]:
             epochs.append(int(snap["epochs"][i]))
             tasks.append(int(snap["tasks"][i]))
             states.append({k: v[i] for k, v in snap["states"].items()})
+        for step, value in zip(snap["loss_steps"].tolist(), snap["losses"].tolist()):
+            if not loss_steps or step > loss_steps[-1]:
+                loss_steps.append(step)
+                losses.append(value)
         boundaries += [b for b in snap["boundaries"].tolist() if b not in boundaries]
         diverged = snap["diverged_step"] if snap["diverged_step"] >= 0 else diverged
     return {"steps": steps, "epochs": epochs, "tasks": tasks, "states": states,
-            "boundaries": boundaries, "diverged_step": diverged}
+            "loss_steps": loss_steps, "losses": losses, "boundaries": boundaries,
+            "diverged_step": diverged}
 
 
 def _per_sample(model: "torch.nn.Module", x: "torch.Tensor", y: "torch.Tensor", loss: str

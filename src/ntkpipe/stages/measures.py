@@ -149,8 +149,7 @@ def _specialization(ds: Any) -> Any:
     out = xr.Dataset(coords={"when": ["initial", "final"]})
     # "final" is the end of phase 1, as for the training-set kernel (later tasks shift it)
     phase1 = ds["phase"].values == 1
-    onehot = [np.eye(ds.sizes["output"])[labels] if "output" in ds.sizes else None
-              for labels in ds["label"].values]
+    onehot = [_targets(ds, p, "trace") for p in range(ds.sizes["probe"])]
     if "ntk_per_output" in ds:
         blocks = ds["ntk_per_output"].values.astype(np.float64)  # (probe, step, O, N, N)
         ksm = np.full(blocks.shape[:3] + blocks.shape[2:3], np.nan)
@@ -220,19 +219,18 @@ def _train_kernel_measures(tk: Any, cfg: dict[str, Any]) -> Any:
     lr = float(tk.attrs["learning_rate"])
     kgd_curve, akgd_curve = np.full(len(grid), np.nan), np.full(len(grid), np.nan)
     usable = np.isfinite(k0).all() and np.isfinite(k_final).all()
-    if tk.attrs["loss"] == "mse" and usable:  # KGD is gradient descent on the MSE loss
-        kgd_curve = kgd.kgd_loss_curve(k0, y, lr, grid, f0)
-        akgd_curve = kgd.kgd_loss_curve(kgd.rescale_to(k0, k_final), y, lr, grid, f0)
     fit_range = tuple(cfg["fit_range"]) if cfg.get("fit_range") else None
     n = len(labels)
     eig, task = np.full((2, n), np.nan), np.full((2, n), np.nan)
     fits = {f"{kind}_{field}": np.full(2, np.nan) for kind in ("eigen", "task")
             for field in ("exponent", "fit_kmin", "fit_kmax", "fit_r2")}
     align = np.full(2, np.nan)
+    initial_modes = None
     for w, k in enumerate((k0, k_final)):
         if not np.isfinite(k).all():
             continue
         eig[w], vecs = spectra.eigen_spectrum(k)
+        initial_modes = vecs if w == 0 else initial_modes
         task[w] = np.sum((vecs.T @ y) ** 2, axis=1)
         align[w] = target_cosine(k, y)
         # beyond the kernel's numerical rank the eigenvectors are an arbitrary basis of its
@@ -250,6 +248,11 @@ def _train_kernel_measures(tk: Any, cfg: dict[str, Any]) -> Any:
     # (I − ηK/n)^t is stable while η λ_max / n < 2 (science.md §3, discrete KGD)
     scale = np.linalg.norm(k_final) / np.linalg.norm(k0) if usable else np.nan
     stability = lr * eig[0, 0] / (2 * n) * np.array([1.0, scale])
+    if tk.attrs["loss"] == "mse" and usable:  # KGD is gradient descent on the MSE loss
+        # one eigendecomposition of K0 serves the spectra, KGD and aKGD (scale · K0)
+        energy = np.sum((initial_modes.T @ (f0 - y)) ** 2, axis=1)
+        kgd_curve = kgd.mode_loss_curve(eig[0], energy, lr, grid, n)
+        akgd_curve = kgd.mode_loss_curve(scale * eig[0], energy, lr, grid, n)
     at = np.searchsorted(loss_steps, grid)
     net = np.where(at < len(loss_steps), network[np.minimum(at, len(network) - 1)], np.nan)
     described = {
