@@ -1,7 +1,7 @@
-"""Open the sweep summary with xarray, pick one width and regime, and plot the kernel velocity
+"""Open the results with xarray, pick one width and regime, and plot the kernel velocity
 around the task boundary for every run (seed, learning rate) of the class-incremental shift.
 
-    python examples/inspect_results.py [results/summary/metrics.nc] [--width 256] [--regime lazy]
+    python examples/inspect_results.py [results] [--width 256] [--regime lazy]
 """
 
 import argparse
@@ -10,21 +10,23 @@ import matplotlib
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
-import xarray as xr  # noqa: E402
+
+from ntkpipe.summary import open_results  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("summary", nargs="?", default="results/summary/metrics.nc")
+    parser.add_argument("results", nargs="?", default="results")
     parser.add_argument("--width", type=int, default=256)
     parser.add_argument("--regime", default="lazy")
     parser.add_argument("--out", default="velocity_around_boundary.png")
     args = parser.parse_args()
 
-    ds = xr.open_dataset(args.summary)
-    # One entry per run along `run`; the sweep keys are coordinates along it, so picking runs
+    # The summary (summary/metrics.nc) with every study's measures (summary/<study>.nc) merged
+    # in. One entry per run along `run`; the sweep keys are coordinates along it, so picking runs
     # is a boolean mask. (`ntkpipe.summary.grid(ds, ("seed",), width=..., ...)` gives the
     # dense view instead, every other sweep key at its best-populated value.)
+    ds = open_results(args.results)
     chosen = ((ds["width"] == args.width) & (ds["regime"] == args.regime)  # ds.shift is a method
               & (ds["shift"] == "conceptual") & (ds["shared_classes"] == 0) & (ds["n_tasks"] == 2))
     runs = ds.isel(run=chosen.values).sel(probe=1)  # the class-incremental shift, task-1 probes

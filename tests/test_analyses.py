@@ -1,19 +1,25 @@
-"""The per-run analysis stages (sharpness, training-set kernel) and what the metrics stage makes
-of them, on a tiny digits run, cross-checked against independent computations."""
+"""The per-run analysis stages (sharpness, training-set kernel) and what the studies' measures
+make of them, on a tiny digits run, cross-checked against independent computations."""
+
+import json
 
 import numpy as np
 import pytest
 import torch
 import xarray as xr
 
-from ntkpipe import stages, store
+from ntkpipe import stages, store, sweep
 from ntkpipe.stages.analyses import sharpness_subset
 from ntkpipe.stages.kernels import load_snapshots
+from ntkpipe.studies import edge_of_stability, feature_evolution
+from ntkpipe.summary import combine, with_measures
 
-PROV = {"wildcards_json": "{}"}
 RUN = {"dataset": "digits", "classes_per_task": 3, "arch": "mlp", "depth": 1,
        "activation": "tanh", "optimizer": "gd", "loss": "mse", "batch_size": "full",
        "regime": "feature", "width": 8, "lr": 0.05, "seed": 3}
+POINT = {**RUN, "shift": "conceptual", "shared_classes": 0, "alpha": 0.0, "n_tasks": 1}
+IDS = (sweep.run_id(POINT), sweep.shift_id(POINT))
+PROV = {"wildcards_json": json.dumps({"run": IDS[0], "shift": IDS[1]})}
 MODEL = {"bias": True, "bias_std": 0.1}
 TRAIN = {"momentum": 0.0, "lazy_reference_width": 256, "lazy_lr_scale": 10.0,
          "phase1": {"target_accuracy": 0.99, "target_loss": {"mse": 1e-9}, "min_epochs": 1,
@@ -44,11 +50,21 @@ def run(tmp_path_factory):
                              provenance=PROV)
     stages.train_kernel(p["data.npz"], p["tasks.npz"], p["snaps.pt"], p["train_kernel.nc"],
                         run=RUN, model_cfg=MODEL, train_cfg=TRAIN, ntk_cfg=NTK, provenance=PROV)
-    stages.compute_metrics(p["ntk.nc"], p["metrics.nc"], metrics_cfg=METRICS, provenance=PROV,
-                           sharpness_path=p["sharpness.nc"],
-                           train_kernel_path=p["train_kernel.nc"],
-                           train_kernel_cfg={"fit_range": None, "loss_points": 50})
+    stages.compute_metrics(p["ntk.nc"], p["metrics.nc"], metrics_cfg=METRICS, provenance=PROV)
     return p
+
+
+@pytest.fixture(scope="module")
+def measured(run):
+    """The run's metrics with the edge-of-stability and feature-evolution measures merged in,
+    as the studies' jobs compute them from a one-run summary."""
+    summary = combine([store.open_netcdf(run["metrics.nc"])], provenance={})
+    fe = feature_evolution.feature_measures(
+        summary, {"ntk": {IDS: run["ntk.nc"]}, "train_kernel": {IDS: run["train_kernel.nc"]}},
+        {"fit_range": None, "loss_points": 50})
+    eos = edge_of_stability.sharpness_measures(summary, {"sharpness": {IDS: run["sharpness.nc"]}},
+                                               {})
+    return with_measures(with_measures(summary, fe), eos).isel(run=0)
 
 
 def _model_at(p, step):
@@ -101,9 +117,9 @@ def test_subset_is_class_balanced_and_fixed():
     assert np.array_equal(sharpness_subset(labels, [4, 7, 9], 100, 1, 1), np.arange(60))
 
 
-def test_kgd_starts_from_the_network(run):
+def test_kgd_starts_from_the_network(measured):
     """At step 0 KGD, aKGD and the network share f₀, so their losses agree exactly."""
-    m = xr.open_dataset(run["metrics.nc"])
+    m = measured
     first = m.sel(loss_point=0)
     assert int(first["loss_step"]) == 0
     assert float(first["kgd_loss"]) == pytest.approx(float(first["network_loss"]), rel=1e-6)
@@ -113,8 +129,8 @@ def test_kgd_starts_from_the_network(run):
     assert np.all(np.isfinite(net)) and net[-1] < net[0]
 
 
-def test_training_kernel_spectra(run):
-    m = xr.open_dataset(run["metrics.nc"])
+def test_training_kernel_spectra(run, measured):
+    m = measured
     tk = xr.open_dataset(run["train_kernel.nc"])
     n = tk.sizes["sample"]
     assert n == 60
@@ -132,9 +148,9 @@ def test_training_kernel_spectra(run):
     assert tk["when_step"].values.tolist() == [0, 12]
 
 
-def test_specialization_columns_average_to_one(run):
+def test_specialization_columns_average_to_one(measured):
     """KSM(c, c') divides by the mean over blocks c: every column averages to exactly 1."""
-    m = xr.open_dataset(run["metrics.nc"])
+    m = measured
     ksm = m["specialization"].sel(probe=1, when="final").values
     assert ksm.shape == (10, 10)  # one head over all classes; task 1 holds classes 0-2
     np.testing.assert_allclose(ksm[:3, :3].mean(axis=0), 1.0, rtol=1e-9)
@@ -156,20 +172,28 @@ def test_alignment_spectrum_and_eigenvalue_fraction(run):
     np.testing.assert_allclose(a[:, 0], m["top_eigenvector_alignment"].sel(probe=1).values)
 
 
-def test_sharpness_file_from_another_run_is_refused(run, tmp_path):
+def test_sharpness_measures_land_on_the_runs_steps(run, measured):
+    sharp = xr.open_dataset(run["sharpness.nc"])
+    np.testing.assert_array_equal(measured["sharpness"].sel(step=sharp["step"]).values,
+                                  sharp["sharpness"].values)
+    assert float(measured["stability_threshold"]) == float(sharp["stability_threshold"])
+
+
+def test_sharpness_file_of_other_steps_is_refused(run, tmp_path):
+    """A sharpness file whose steps are not the run's snapshots (an older run) is an error."""
     sharp = xr.open_dataset(run["sharpness.nc"]).load()
-    store.write_netcdf(sharp.isel(step=slice(1, None)), tmp_path / "other.nc")
-    with pytest.raises(store.CorruptFileError, match="steps differ"):
-        stages.compute_metrics(run["ntk.nc"], tmp_path / "m.nc", metrics_cfg=METRICS,
-                               provenance=PROV, sharpness_path=tmp_path / "other.nc")
-    assert not (tmp_path / "m.nc").exists()
+    store.write_netcdf(sharp.assign_coords(step=sharp["step"] + 1000), tmp_path / "other.nc")
+    summary = combine([store.open_netcdf(run["metrics.nc"])], provenance={})
+    with pytest.raises(ValueError, match="not in the summary"):
+        edge_of_stability.sharpness_measures(summary, {"sharpness": {IDS: tmp_path / "other.nc"}},
+                                             {})
 
 
 def test_spectrum_fits_stop_at_the_kernels_rank():
     """Past a kernel's rank the eigenvectors are an arbitrary null-space basis: neither power
     law is fitted there, and γ's alignment is the cosine with YYᵀ."""
     from ntkpipe.specialization import target_cosine
-    from ntkpipe.stages.measures import _train_kernel_measures
+    from ntkpipe.studies.feature_evolution import _train_kernel_measures
 
     rng = np.random.default_rng(2)
     n, rank = 30, 4

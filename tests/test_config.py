@@ -142,23 +142,56 @@ def test_effective_lr_scales_inversely_with_width_in_the_lazy_regime():
     assert sweep.effective_lr(0.1, "lazy", 1024, 256, 10.0) == pytest.approx(0.25)
 
 
-def test_source_hash_changes_with_the_code_a_rule_uses(tmp_path, monkeypatch):
-    from importlib import machinery
+def _fake_package(tmp_path, monkeypatch, files):
+    """A package `fakepkg` with the given modules, importable for the code hash."""
+    package = tmp_path / "fakepkg"
+    for name, text in files.items():
+        path = package / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    return package
 
+
+def test_code_hash_follows_what_a_module_imports(tmp_path, monkeypatch):
     from ntkpipe import smk
 
-    package = tmp_path / "ntkpipe"
-    package.mkdir()
-    (package / "train.py").write_text("x = 1\n")
-    (package / "figures.py").write_text("y = 1\n")
-    spec = machinery.ModuleSpec("ntkpipe", None, is_package=True)
-    spec.submodule_search_locations = [str(package)]
-    monkeypatch.setattr(smk.util, "find_spec", lambda name: spec)
-    before = smk.source_hash("train")
-    (package / "figures.py").write_text("y = 2\n")
-    assert smk.source_hash("train") == before  # unrelated module: no rerun
-    (package / "train.py").write_text("x = 2\n")
-    assert smk.source_hash("train") != before
+    package = _fake_package(tmp_path, monkeypatch, {
+        "__init__.py": "import fakepkg.unrelated\n",
+        "train.py": "x = 1\n\ndef f():\n    from fakepkg.sub import helper  # lazy\n",
+        "sub/__init__.py": "import fakepkg.unrelated\n",
+        "sub/helper.py": "from fakepkg import leaf\n",
+        "leaf.py": "from fakepkg.leaf2 import name\n",
+        "leaf2.py": "name = 1\n",
+        "unrelated.py": "y = 1\n"})
+    closure = {p.relative_to(package).as_posix() for p in smk.code_closure("fakepkg.train")}
+    # lazy imports count; a package's __init__ only when imported by name
+    assert closure == {"train.py", "sub/helper.py", "leaf.py", "leaf2.py"}
+    before = smk.code_hash.__wrapped__("fakepkg.train")
+    (package / "unrelated.py").write_text("y = 2\n")
+    assert smk.code_hash.__wrapped__("fakepkg.train") == before  # unrelated: no rerun
+    (package / "leaf2.py").write_text("name = 2\n")
+    assert smk.code_hash.__wrapped__("fakepkg.train") != before  # imported two steps away
+
+
+def test_code_hash_imports_nothing(tmp_path, monkeypatch):
+    """Hashing reads source files only: `ntkpipe.stages.kernels` would import torch."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from ntkpipe import smk; smk.code_hash('ntkpipe.stages.kernels'); "
+            "print('torch' in sys.modules, 'ntkpipe.ntk' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_study_modules_import_no_other_study():
+    from ntkpipe import smk, studies
+
+    for name in studies.BUILTIN:
+        closure = {p.stem for p in smk.code_closure(f"ntkpipe.studies.{name}")}
+        assert closure & set(studies.BUILTIN) == {name}
+        assert not {"train", "ntk", "models"} & closure  # no torch in a study's jobs
 
 
 def test_stopping_rules_by_loss_and_optimizer():

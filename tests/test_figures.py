@@ -4,8 +4,18 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from ntkpipe import figures, store, sweep
+from ntkpipe import figures, stages, store, studies, sweep
+from ntkpipe.studies import feature_evolution, reactivation
 from ntkpipe.summary import combine, grid
+
+STUDIES = studies.load_all(None)
+FIGURES = {f.name: f.draw for study in STUDIES for f in study.figures}
+
+
+def applicable(points, analyses=None):
+    """Every built-in study's applicable figures, `analyses` as {(run, shift): names}."""
+    turned_on = {name for names in (analyses or {}).values() for name in names}
+    return [name for study in STUDIES for name in study.applicable(points, turned_on)]
 
 BASE = {"dataset": "digits", "classes_per_task": 5, "arch": "mlp", "depth": 2,
         "activation": "relu", "optimizer": "sgd", "loss": "cross_entropy", "batch_size": 64,
@@ -118,47 +128,47 @@ def summary():
 
 def test_applicable_follows_the_sweeps(summary):
     _, points = summary
-    assert figures.applicable(points) == ["metrics_by_width", "accuracy_by_task",
+    assert applicable(points) == ["metrics_by_width", "accuracy_by_task",
                                           "similarity_sweep", "frequency_shift", "learning_rate"]
-    assert figures.applicable([{**p, "n_tasks": 3} for p in points[:1]]) == ["task_sequence"]
+    assert applicable([{**p, "n_tasks": 3} for p in points[:1]]) == ["task_sequence"]
 
 
 def test_applicable_with_analyses(summary):
     _, points = summary
     runs = [(sweep.run_id(p), sweep.shift_id(p)) for p in points]
-    assert figures.applicable(points, {}) == figures.applicable(points)
-    assert figures.applicable(points, {runs[0]: ["sharpness"], runs[1]: []})[-2:] == \
+    assert applicable(points, {}) == applicable(points)
+    assert applicable(points, {runs[0]: ["sharpness"], runs[1]: []})[-2:] == \
         ["edge_of_stability", "eos_alignment"]
     eos = [{**EOS_POINT, "lr": lr} for lr in (0.05, 0.1)]
     both = {(sweep.run_id(p), sweep.shift_id(p)): ["sharpness"] for p in eos}
     both[("other", "run")] = ["specialization", "train_kernel"]
-    assert figures.applicable(eos, both) == [
+    assert applicable(eos, both) == [
         "edge_of_stability", "eos_alignment", "kernel_descent", "alignment_by_depth",
         "kernel_spectra", "specialization"]
-    assert figures.applicable(eos) == []
+    assert applicable(eos) == []
 
 
 def test_new_figures_need_their_runs(tmp_path):
     reactivation_only = combine([fake({**BASE, "seed": s}) for s in (0, 1)], provenance={})
     for name in ("edge_of_stability", "kernel_descent", "specialization"):
         with pytest.raises(ValueError, match="is its sweep"):
-            figures.FIGURES[name](reactivation_only, tmp_path / f"{name}.png")
+            FIGURES[name](reactivation_only, tmp_path / f"{name}.png")
 
 
 def test_study_figures_from_their_runs_alone(tmp_path):
     ds = combine(study_runs(), provenance={})
     for name in ("edge_of_stability", "eos_alignment", "kernel_descent", "alignment_by_depth",
                  "kernel_spectra", "specialization"):
-        figures.FIGURES[name](ds, tmp_path / f"{name}.png")
+        FIGURES[name](ds, tmp_path / f"{name}.png")
         assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_power_law_is_drawn_over_its_fit_range():
-    plt = figures._pyplot()
+    plt = figures.pyplot()
     fig, ax = plt.subplots()
     k = np.arange(1.0, 101.0)
     fit = {"exponent": [1.3], "kmin": [2.0], "kmax": [80.0], "r2": [0.99]}
-    text = figures._power_law(ax, k, 2 * k ** -1.3, fit, "final", "b", "C0")
+    text = feature_evolution._power_law(ax, k, 2 * k ** -1.3, fit, "final", "b", "C0")
     x, y = ax.lines[0].get_data()
     assert text == "final: b = 1.30 (k 2–80, R² 0.99)"
     assert (x.min(), x.max()) == pytest.approx((2.0, 80.0))
@@ -176,11 +186,11 @@ def test_last_snapshot_and_seed_table():
     assert table.shape == (2, 3)
 
 
-@pytest.mark.parametrize("name", list(figures.FIGURES))
+@pytest.mark.parametrize("name", list(FIGURES))
 def test_every_figure_draws(summary, tmp_path, name):
     ds, _ = summary
     out = tmp_path / f"{name}.png"
-    figures.FIGURES[name](ds, out)
+    FIGURES[name](ds, out)
     assert out.read_bytes()[:4] == b"\x89PNG"
 
 
@@ -205,21 +215,23 @@ def test_draw_all_from_a_written_summary(summary, tmp_path):
     ds, _ = summary
     ds.to_netcdf(tmp_path / "summary.nc", engine="netcdf4",
                  encoding={k: {"dtype": "str"} for k in ds.variables if ds[k].dtype == object})
-    outputs = [tmp_path / f"{name}.png" for name in figures.FIGURES]
-    figures.draw_all(tmp_path / "summary.nc", outputs)
-    assert all(out.read_bytes()[:4] == b"\x89PNG" for out in outputs)
+    for study in STUDIES:
+        outputs = [tmp_path / f"{f.name}.png" for f in study.figures]
+        stages.study_figures(study.name, tmp_path / "summary.nc", None, outputs)
+        assert all(out.read_bytes()[:4] == b"\x89PNG" for out in outputs)
 
 
-def test_unknown_figure_name_is_refused(tmp_path):
-    with pytest.raises(ValueError, match="unknown figure"):
-        figures.draw_all(tmp_path / "missing.nc", [tmp_path / "nope.png"])
+def test_unknown_figure_name_is_refused(summary, tmp_path):
+    with pytest.raises(ValueError, match="unknown figure 'nope' of study 'reactivation'"):
+        figures.draw(studies.load("reactivation"), summary[0], [tmp_path / "nope.png"])
+    assert not (tmp_path / "nope.png").exists()
 
 
 def test_figures_for_partial_sweeps(tmp_path):
     frequency_only = [{**BASE, "shift": "frequency", "shared_classes": 5, "alpha": a, "seed": s}
                       for a in (0.5, 1.0) for s in (0, 1)]
-    assert figures.applicable(frequency_only) == ["frequency_shift"]
-    assert figures.applicable([{**BASE, "n_tasks": 1}]) == []
+    assert applicable(frequency_only) == ["frequency_shift"]
+    assert applicable([{**BASE, "n_tasks": 1}]) == []
     ds = combine([fake(p) for p in frequency_only], provenance={})
-    figures.frequency_shift(ds, tmp_path / "f.png")  # no class-incremental baseline to draw
+    reactivation.frequency_shift(ds, tmp_path / "f.png")  # no class-incremental baseline to draw
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"

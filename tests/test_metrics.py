@@ -10,6 +10,7 @@ import scipy.linalg
 import torch
 
 from ntkpipe import metrics as m
+from ntkpipe.studies.reactivation import reactivation_measures
 
 
 def _psd(n: int, rank: int, seed: int) -> np.ndarray:
@@ -261,7 +262,7 @@ def _react(boundary=50, **kw):
     args = dict(velocity=VEL, norm=NORM, alignment=ALIGN, distance=DIST, window=3,
                 tolerance=0.05)
     args.update(kw)
-    return m.reactivation_measures(STEPS, boundary, **args)
+    return reactivation_measures(STEPS, boundary, **args)
 
 
 def test_reactivation_measures_hand_computed():

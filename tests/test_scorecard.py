@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from ntkpipe import config, scorecard, store, sweep
+from ntkpipe import config, scorecard, stages, store, studies, sweep
 from ntkpipe.summary import combine
 
 BASE = {"dataset": "digits", "classes_per_task": 5, "arch": "mlp", "depth": 2,
@@ -34,6 +34,12 @@ def fake(point, spike=3.0, dip=0.2, recovery=8.0, deflection=0.05, boundaries=1,
     return ds
 
 
+def evaluate(ds, thresholds):
+    """Every built-in study's rows."""
+    return [row for study in studies.load_all(None)
+            for row in scorecard.evaluate(study, ds, thresholds)]
+
+
 def summary(runs):
     return combine(runs, provenance={})
 
@@ -48,7 +54,7 @@ def width_runs(spike_at=lambda regime, width: 3.0):
 
 
 def test_claim1_holds_when_every_cell_spikes():
-    rows = rows_by_claim(scorecard.evaluate(summary(width_runs(
+    rows = rows_by_claim(evaluate(summary(width_runs(
         lambda r, w: 4.0 if r == "feature" else 3.0)), THRESHOLDS), "1.")
     assert [r.holds for r in rows] == ["true"] * 5
     assert rows[0].value == pytest.approx(3.0)
@@ -56,7 +62,7 @@ def test_claim1_holds_when_every_cell_spikes():
 
 
 def test_claim1_fails_when_one_width_does_not_spike():
-    rows = scorecard.evaluate(summary(width_runs(lambda r, w: 1.2 if w == 256 else 3.0)),
+    rows = evaluate(summary(width_runs(lambda r, w: 1.2 if w == 256 else 3.0)),
                               THRESHOLDS)
     spike = rows_by_claim(rows, "1. boundary reactivation")[0]
     assert spike.holds == "false" and spike.value == pytest.approx(1.2)
@@ -67,7 +73,7 @@ def test_claim2_monotone_with_exact_share():
     spikes = [5.0, 4.0, 3.0, 2.0, 1.5, 1.0]
     runs = [fake({**BASE, "shared_classes": k, "seed": s}, spike=v)
                 for k, v in enumerate(spikes) for s in (0, 1)]
-    rows = rows_by_claim(scorecard.evaluate(summary(runs), THRESHOLDS), "2.")
+    rows = rows_by_claim(evaluate(summary(runs), THRESHOLDS), "2.")
     rho, share, at_one = rows
     assert rho.value == pytest.approx(-1.0) and rho.holds == "true"
     assert share.value == pytest.approx((1.5 - 1.0) / (5.0 - 1.0))  # below 1/5: false
@@ -76,7 +82,7 @@ def test_claim2_monotone_with_exact_share():
 
 
 def test_missing_experiments_are_untested():
-    rows = scorecard.evaluate(summary(width_runs()), THRESHOLDS)
+    rows = evaluate(summary(width_runs()), THRESHOLDS)
     untested = {r.claim for r in rows if r.holds == "untested" and r.study == "reactivation"}
     assert untested == {"2. reactivation shrinks as similarity grows",
                         "3. frequency shifts: low velocity, no discontinuity",
@@ -89,7 +95,7 @@ def test_frequency_and_sequence_claims():
     runs += [fake({**BASE, "shift": "frequency", "shared_classes": 5, "alpha": a}, spike=1.1)
              for a in (0.0, 0.5, 1.0)]
     runs += [fake({**BASE, "shared_classes": 3, "n_tasks": 3}, spike=2.5, boundaries=2)]
-    rows = scorecard.evaluate(summary(runs), THRESHOLDS)
+    rows = evaluate(summary(runs), THRESHOLDS)
     freq = rows_by_claim(rows, "3.")
     assert freq[0].value == pytest.approx(1.1) and freq[0].holds == "true"
     assert freq[1].value == pytest.approx(1.1 / 3.0) and freq[1].holds == "true"
@@ -101,7 +107,7 @@ def test_learning_rate_claims():
     dips, recovery = {0.01: 0.1, 0.1: 0.2, 1.0: 0.4}, {0.01: 30.0, 0.1: 10.0, 1.0: 50.0}
     runs = [fake({**BASE, "lr": lr, "seed": s}, dip=dips[lr], recovery=recovery[lr])
             for lr in dips for s in (0, 1)]
-    rows = rows_by_claim(scorecard.evaluate(summary(runs), THRESHOLDS), "4.")
+    rows = rows_by_claim(evaluate(summary(runs), THRESHOLDS), "4.")
     assert [r.holds for r in rows] == ["true", "true", "true"]
     assert rows[0].value == pytest.approx(1.0)
     assert rows[2].value == pytest.approx(40.0)
@@ -110,7 +116,7 @@ def test_learning_rate_claims():
 def test_diverged_runs_are_excluded_with_a_note(tmp_path):
     runs = width_runs()
     runs[0] = fake({**BASE, "regime": "lazy", "width": 64, "seed": 0}, spike=0.0, diverged=7)
-    rows = scorecard.evaluate(summary(runs), THRESHOLDS)
+    rows = evaluate(summary(runs), THRESHOLDS)
     spike = rows_by_claim(rows, "1. boundary reactivation")[0]
     assert spike.value == pytest.approx(3.0)  # the diverged run's 0.0 is ignored
     assert "1 diverged runs excluded" in spike.note
@@ -142,10 +148,15 @@ def test_scorecard_from_a_written_summary(tmp_path):
     ds = summary(runs)
     ds.to_netcdf(tmp_path / "summary.nc", engine="netcdf4",
                  encoding={k: {"dtype": "str"} for k in ds.variables if ds[k].dtype == object})
-    scorecard.scorecard(tmp_path / "summary.nc", tmp_path / "scorecard.csv", THRESHOLDS)
+    parts = []
+    for name in studies.BUILTIN:  # the studies' jobs, then the combining one
+        parts.append(tmp_path / f"{name}.csv")
+        stages.study_scorecard(name, tmp_path / "summary.nc", None, parts[-1],
+                               thresholds=THRESHOLDS)
+    scorecard.combine(parts, tmp_path / "scorecard.csv")
     with open(tmp_path / "scorecard.csv", newline="") as handle:
         written = [(r["claim"], r["holds"]) for r in csv.DictReader(handle)]
-    assert written == [(r.claim, r.holds) for r in scorecard.evaluate(ds, THRESHOLDS)]
+    assert written == [(r.claim, r.holds) for r in evaluate(ds, THRESHOLDS)]
     assert ("3. frequency shifts: low velocity, no discontinuity", "true") in written
 
 
@@ -188,7 +199,7 @@ def eos_sweep(alignment=lambda lr: lr, top=lambda lr: lr, settle=lambda lr: 1.05
 
 
 def test_eos_claims_hold():
-    rows = scorecard.evaluate(summary(width_runs() + eos_sweep()), THRESHOLDS)
+    rows = evaluate(summary(width_runs() + eos_sweep()), THRESHOLDS)
     a, b, c = [r for r in rows if r.study == "edge_of_stability"]
     assert a.value == pytest.approx(1.0) and a.holds == "true"  # from each run's last snapshot
     assert b.value == pytest.approx(1.0) and b.holds == "true"
@@ -198,7 +209,7 @@ def test_eos_claims_hold():
 
 def test_eos_claims_fail():
     runs = eos_sweep(alignment=lambda lr: 1 - lr, settle=lambda lr: 1.3 if lr == 0.1 else 1.0)
-    a, b, c = [r for r in scorecard.evaluate(summary(runs), THRESHOLDS)
+    a, b, c = [r for r in evaluate(summary(runs), THRESHOLDS)
                if r.study == "edge_of_stability"]
     assert a.value == pytest.approx(-1.0) and a.holds == "false"
     assert b.holds == "true"
@@ -208,7 +219,7 @@ def test_eos_claims_fail():
 
 def test_eos_trend_is_averaged_over_groups():
     runs = eos_sweep() + eos_sweep(alignment=lambda lr: 1 - lr, activation="relu")
-    a = rows_by_claim(scorecard.evaluate(summary(runs), THRESHOLDS), "a.")[0]
+    a = rows_by_claim(evaluate(summary(runs), THRESHOLDS), "a.")[0]
     assert a.value == pytest.approx(0.0)  # (1 + −1) / 2
     assert "averaged over 2 groups" in a.note and a.holds == "false"
 
@@ -217,7 +228,7 @@ def test_eos_excludes_diverged_runs():
     runs = eos_sweep()
     runs[0] = eos_run({**EOS_POINT, "lr": 0.05, "seed": 0}, alignment=5.0, settle=3.0,
                       diverged=4)
-    a, _, c = [r for r in scorecard.evaluate(summary(runs), THRESHOLDS)
+    a, _, c = [r for r in evaluate(summary(runs), THRESHOLDS)
                if r.study == "edge_of_stability"]
     assert a.value == pytest.approx(1.0) and c.value == pytest.approx(0.05)
     assert "1 diverged runs excluded" in c.note
@@ -253,7 +264,7 @@ def fe_sweep(change=None):
 
 
 def fe_rows(runs):
-    return [r for r in scorecard.evaluate(summary(runs), THRESHOLDS)
+    return [r for r in evaluate(summary(runs), THRESHOLDS)
             if r.study == "feature_evolution"]
 
 
@@ -306,7 +317,7 @@ def test_feature_evolution_excludes_diverged_runs():
 
 
 def test_new_studies_untested_without_their_variables():
-    rows = scorecard.evaluate(summary(width_runs()), THRESHOLDS)
+    rows = evaluate(summary(width_runs()), THRESHOLDS)
     new = [r for r in rows if r.study in ("edge_of_stability", "feature_evolution")]
     assert len(new) == 10 and {r.holds for r in new} == {"untested"}
     linear_only = fe_rows([r for r in fe_sweep() if "linear" in r.attrs["wildcards_json"]])

@@ -11,7 +11,7 @@ import pytest
 import xarray as xr
 import yaml
 
-from ntkpipe.summary import grid
+from ntkpipe.summary import grid, open_results
 
 REPO = Path(__file__).resolve().parents[1]
 SNAKEMAKE = Path(sys.executable).parent / "snakemake"
@@ -55,7 +55,7 @@ def workflow(tmp_path_factory):
 
 
 def test_summary_has_sweep_dimensions_and_named_metrics(workflow):
-    ds = grid(xr.open_dataset(workflow / "out/summary/metrics.nc"),  # dense over these keys
+    ds = grid(open_results(workflow / "out"),  # dense over these keys
               ("regime", "shared_classes", "classes_per_task", "width"))
     for name in ("spectral_norm", "kernel_distance", "kernel_velocity", "kernel_alignment"):
         assert "step" in ds[name].dims and "width" in ds[name].dims
@@ -92,10 +92,12 @@ def test_per_run_files_carry_provenance(workflow):
 def test_figures_and_scorecard(workflow):
     import csv
 
-    from ntkpipe import figures, sweep
+    from ntkpipe import studies, sweep
     from ntkpipe.config import validate
 
-    expected = figures.applicable(sweep.all_points(validate(TINY)))
+    points = sweep.all_points(validate(TINY))
+    expected = [name for study in studies.load_all(None) for name in
+                study.applicable(points, set())]
     assert sorted(p.stem for p in (workflow / "out/figures").glob("*.png")) == sorted(expected)
     for name in expected:
         data = (workflow / f"out/figures/{name}.png").read_bytes()
@@ -133,7 +135,8 @@ def test_adding_a_width_runs_only_that_width(workflow):
     out = snakemake(workflow, wider, "--dry-run")
     plan = jobs(out.stdout)
     assert plan == {"train_phase1": 2, "train_phase2": 2, "extract_ntk": 2, "metrics": 2,
-                    "collect": 1, "figures": 1, "scorecard": 1, "all": 1}
+                    "collect": 1, "study_measures": 3, "study_scorecard": 3,
+                    "figures_reactivation": 1, "scorecard": 1, "all": 1}
     assert "width~16" not in out.stdout.split("rule train_phase1")[1].split("\n\n")[0]
 
 
@@ -157,7 +160,7 @@ def test_report_declares_every_figure(workflow):
 def test_example_script_runs_on_the_summary(workflow, tmp_path):
     png = tmp_path / "v.png"
     out = subprocess.run([sys.executable, str(REPO / "examples/inspect_results.py"),
-                          str(workflow / "out/summary/metrics.nc"), "--width", "16",
+                          str(workflow / "out"), "--width", "16",
                           "--regime", "lazy", "--out", str(png)],
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
@@ -254,7 +257,7 @@ def test_analyses_run_only_where_a_sweep_asks(dynamics):
 
 def test_analyses_reach_the_summary(dynamics):
     workdir, _ = dynamics
-    ds = xr.open_dataset(workdir / "out/summary/metrics.nc")
+    ds = open_results(workdir / "out")
     eos = ds.where(ds["activation"] == "tanh", drop=True)
     np.testing.assert_allclose(eos["stability_threshold"].values, [40.0, 20.0])
     assert np.isfinite(eos["sharpness"].values).any()
@@ -274,8 +277,9 @@ def test_an_analysis_setting_reruns_only_that_analysis(dynamics):
     changed = {**DYNAMICS, "analysis": {**DYNAMICS["analysis"],
                                         "sharpness": {"every": 4, "subset": 20}}}
     plan = jobs(snakemake(workdir, changed, "--dry-run").stdout)
-    assert plan["sharpness"] == 2 and plan["metrics"] == 2
-    assert not {"train_phase1", "extract_ntk", "train_kernel"} & set(plan)
+    assert plan["sharpness"] == 2 and plan["study_measures"] == 1  # the edge of stability's
+    assert not {"train_phase1", "extract_ntk", "train_kernel", "metrics", "collect",
+                "figures_feature_evolution"} & set(plan)
 
 
 def test_cli_shows_the_study_measures_of_a_run(dynamics):
@@ -295,3 +299,38 @@ def test_cli_shows_the_study_measures_of_a_run(dynamics):
     assert found["tanh"]["final_sharpness"] > 0
     assert {"final_kgd_loss", "effective_gamma", "final_specialization_dominance",
             "eigen_exponent_final"} <= set(found["other"])
+
+
+def test_own_study_adds_its_row_and_figure_and_reruns_nothing_else(workflow, tmp_path):
+    """The example study from a file: adding it runs its jobs only; editing it reruns them
+    only (its code hash), never another study's or training."""
+    import csv
+    import shutil
+
+    from ntkpipe import studies
+
+    shutil.copytree(REPO / "examples/custom_study", tmp_path / "custom")
+    module = tmp_path / "custom/forgetting.py"
+    config = {**TINY, "studies": [*studies.BUILTIN, str(module)]}
+    plan = jobs(snakemake(workflow, config, "--dry-run").stdout)
+    own = {"study_measures": 1, "study_scorecard": 1, "figures_forgetting": 1, "scorecard": 1,
+           "all": 1}
+    assert plan == own
+    done = snakemake(workflow, config)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with open(workflow / "out/scorecard.csv", newline="") as handle:
+        rows = [r for r in csv.DictReader(handle) if r["study"] == "forgetting"]
+    assert len(rows) == 1 and rows[0]["holds"] in ("true", "false")
+    assert float(rows[0]["value"]) > 0  # task 1 is forgotten after disjoint classes
+    assert (workflow / "out/figures/forgetting_by_similarity.png").read_bytes()[:4] == b"\x89PNG"
+    module.write_text(module.read_text() + "\n# an edit\n")
+    assert jobs(snakemake(workflow, config, "--dry-run").stdout) == own
+    restored = snakemake(workflow, TINY)  # leave the shared workflow as the other tests expect
+    assert restored.returncode == 0, restored.stderr[-3000:]
+
+
+def test_a_study_that_does_not_load_is_one_line(tmp_path):
+    out = snakemake(tmp_path, {**TINY, "studies": ["reactivation", "nosuch.module"]})
+    assert out.returncode == 1
+    assert "ntkpipe: invalid config: 'studies': study 'nosuch.module' does not import" in out.stderr
+    assert "Traceback" not in out.stderr and not (tmp_path / "out").exists()

@@ -9,8 +9,11 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from ntkpipe import config as ntkconfig
 from ntkpipe import sweep
+from ntkpipe.errors import InputError
 
 STATUSES = ("done", "stale", "missing", "diverged")
 
@@ -119,40 +122,37 @@ def cmd_show(args: argparse.Namespace) -> int:
             row[name] = round(float(ds[name].sel(probe=ds["probe"].values[0], step=step)), 6)
         row["test_accuracy"] = [round(float(a), 4) for a in ds["test_accuracy"].sel(step=step).values]
         rows.append(row)
-    studies = study_measures(ds)
+    studies = study_measures(Path(cfg["results"]), ds, cfg)
     if args.json:
         _emit([{**row, **studies} if i == len(rows) - 1 else row for i, row in enumerate(rows)],
               list(rows[0]), True)
         return 0
     _emit(rows, list(rows[0]), False)
-    if boundaries:
-        for name in ("velocity_spike", "norm_dip", "recovery_steps", "alignment_deflection"):
-            values = ds[name].sel(probe=ds["probe"].values[0]).values
-            print(f"{name}: {', '.join(f'{v:.4g}' for v in values)}")
     for name, value in studies.items():
-        print(f"{name}: {value:.4g}")
+        text = ", ".join(f"{v:.4g}" for v in value) if isinstance(value, list) else f"{value:.4g}"
+        print(f"{name}: {text}")
     return 0
 
 
-def study_measures(ds: Any) -> dict[str, float]:
-    """The edge-of-stability and feature-evolution measures a run's metrics hold, at its end."""
-    out: dict[str, float] = {}
-    if "sharpness" in ds:
-        top = ds["sharpness"].isel(hessian_eig=0).dropna("step")
-        if top.size:
-            out["final_sharpness"] = float(top[-1])
-        out["stability_threshold"] = float(ds["stability_threshold"])
-    if "kgd_loss" in ds:
-        for name in ("network_loss", "kgd_loss", "akgd_loss"):
-            out[f"final_{name}"] = float(ds[name].isel(loss_point=-1))
-        out["effective_gamma"] = float(ds["effective_gamma"])
-        for name in ("eigen_exponent", "task_exponent"):
-            for when in ("initial", "final"):
-                out[f"{name}_{when}"] = float(ds[name].sel(when=when))
-    if "specialization_dominance" in ds:
-        dominance = ds["specialization_dominance"].isel(probe=0).dropna("step")
-        if dominance.size:
-            out["final_specialization_dominance"] = float(dominance[-1])
+def study_measures(results: Path, metrics: Any, cfg: dict[str, Any]) -> dict[str, Any]:
+    """The headline numbers every study gives for this run (from the summary and the studies'
+    measures; empty before they exist)."""
+    from ntkpipe import studies
+    from ntkpipe.summary import open_results, run_ids
+
+    try:
+        ds = open_results(results)
+    except InputError:
+        return {}
+    run, shift = run_ids(metrics)
+    hit = np.flatnonzero((ds["run_id"].values == run) & (ds["shift_id"].values == shift))
+    if not len(hit):
+        return {}
+    one = ds.isel(run=int(hit[0]))
+    out: dict[str, Any] = {}
+    for study in studies.load_all(cfg["studies"]):
+        if study.headline is not None:
+            out.update(study.headline(one))
     return out
 
 

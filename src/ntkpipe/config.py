@@ -81,7 +81,31 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
     return full
 
 
+def _check_thresholds(config: dict[str, Any]) -> None:
+    """Fill each study's threshold defaults into `scorecard`; refuse unknown or non-finite
+    ones."""
+    import math
+
+    from ntkpipe.studies import StudyError, load_all, thresholds
+
+    try:
+        declared = thresholds(load_all(config["studies"]))
+    except StudyError as err:
+        raise ConfigError(f"'studies': {err}") from None
+    given = config["scorecard"]
+    unknown = sorted(set(given) - set(declared))
+    if unknown:
+        raise ConfigError(f"unknown key {', '.join(map(repr, unknown))} under 'scorecard'; the "
+                          f"studies' thresholds are: {', '.join(sorted(declared))}")
+    for name, value in given.items():
+        if not math.isfinite(value):
+            raise ConfigError(f"'scorecard.{name}' is {value}; a threshold must be finite")
+    for name, threshold in declared.items():
+        given.setdefault(name, threshold.default)
+
+
 def _check_semantics(config: dict[str, Any]) -> None:
+    _check_thresholds(config)
     results = PurePosixPath(config["results"])
     if ".." in results.parts or not results.parts:
         raise ConfigError(f"'results' is {config['results']!r}: it must name a directory "

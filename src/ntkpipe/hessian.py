@@ -119,7 +119,7 @@ def top_hessian_eigenvalues(model: nn.Module, x: Tensor, y: Tensor, loss: LossSp
                             batch: int | None = None,
                             dtype: torch.dtype | None = torch.float64) -> np.ndarray:
     """The k largest (algebraic) eigenvalues, descending, of the Hessian of the mean loss over
-    (x, y) w.r.t. the trainable parameters (Jiang, Cohen & Li 2025, §2 of science.md).
+    (x, y) w.r.t. the trainable parameters (Jiang, Cohen & Li 2025, docs/science.md §2).
 
     `loss` is "mse" / "cross_entropy" (labels y as class indices, `train.loss_value`) or a
     callable (outputs, y) -> mean loss. `batch` samples per chunk bounds memory; the result is
@@ -146,7 +146,7 @@ def ntk_sharpness(full_kernel: Any, n: int | None = None) -> float:
     elif n is None:
         raise ValueError("n (number of samples) is required for an (n·O, n·O) kernel matrix")
     # H = JᵀJ/n + (1/n) Σ_{i,a} (f_a(x_i) − y_ia) ∇²f_a(x_i); JᵀJ/n shares its nonzero
-    # eigenvalues with J Jᵀ/n = Θ_full/n (Jiang, Cohen & Li 2025; science.md §2)
+    # eigenvalues with J Jᵀ/n = Θ_full/n (Jiang, Cohen & Li 2025; docs/science.md §2)
     return float(top_eigenvalues(k, 1)[0] / n)
 
 

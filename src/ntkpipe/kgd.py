@@ -7,7 +7,7 @@ around its parameters and freezing its NTK K0 gives, for the training residual �
     discrete GD:   Δ_{t+1} = (I − η K0 / n) Δ_t    ⇒  Δ_t = (I − η K0 / n)^t Δ_0
     gradient flow: dΔ/dt = −(η / n) K0 Δ            ⇒  Δ(t) = exp(−η K0 t / n) Δ_0
 
-with t counted in optimiser steps, so both agree as η → 0 at fixed η·t. science.md §3 writes
+with t counted in optimiser steps, so both agree as η → 0 at fixed η·t. docs/science.md §3 writes
 Δ(t) = −exp(−η K0 t) y: the same with f_0 = 0 and the 1/n absorbed into K0 (a loss summed
 rather than averaged over samples); `averaged=False` gives that convention literally.
 
@@ -55,7 +55,7 @@ def _rates(vals: np.ndarray, eta: float, n: int, averaged: bool) -> np.ndarray:
 
 def _decay(x: np.ndarray, steps: np.ndarray, flow: bool) -> np.ndarray:
     """(S, m) factors (1 − x)^t (discrete) or exp(−x t) (flow)."""
-    # per eigenmode of K0: Δ(t) = exp(−η K0 t/n) Δ(0) (Shan & Bordelon 2021; science.md §3)
+    # per eigenmode of K0: Δ(t) = exp(−η K0 t/n) Δ(0) (Shan & Bordelon 2021; docs/science.md §3)
     if flow:
         return np.exp(-np.outer(steps, x))
     return np.power(1.0 - x[None, :], steps[:, None])
@@ -95,7 +95,7 @@ def kgd_residuals(k0: Any, y: Any, eta: float, steps: Any, f0: Any = None, *,
 def kgd_flow_residuals(k0: Any, y: Any, eta: float, times: Any, f0: Any = None, *,
                        averaged: bool = True) -> np.ndarray:
     """f(t) − y under gradient flow with frozen kernel K0: exp(−η K0 t/n) (f0 − y)
-    (Shan & Bordelon 2021, §3 of science.md, with their K0 = our K0/n when `averaged`)."""
+    (Shan & Bordelon 2021, docs/science.md §3, with their K0 = our K0/n when `averaged`)."""
     return _residuals(k0, y, eta, times, f0, averaged, flow=True)
 
 
@@ -135,7 +135,7 @@ def rescale_to(k0: Any, k_final: Any) -> np.ndarray:
 
 def akgd_residuals(k0: Any, k_final: Any, y: Any, eta: float, steps: Any, f0: Any = None, *,
                    averaged: bool = True, flow: bool = False) -> np.ndarray:
-    """Residuals of KGD with K0 rescaled to ‖K_final‖_F (aKGD, §3 of science.md)."""
+    """Residuals of KGD with K0 rescaled to ‖K_final‖_F (aKGD, docs/science.md §3)."""
     return _residuals(rescale_to(k0, k_final), y, eta, steps, f0, averaged, flow)
 
 

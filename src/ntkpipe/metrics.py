@@ -1,5 +1,4 @@
-"""Pure functions on kernels: spectral norm, CKA, kernel distance, velocity, alignment, and the
-reactivation measures around a task boundary.
+"""Pure functions on kernels: spectral norm, CKA, kernel distance, velocity, alignment.
 
 Kernels are (N, N) Gram matrices, or stacks (S, N, N) for the batched forms; numpy arrays and
 torch tensors are both accepted and computed in float64.
@@ -140,40 +139,3 @@ def kernel_velocity(kernels: Any, steps: Any, centered: bool = True) -> np.ndarr
 def alignments(kernels: Any, y: Any, centered: bool = True) -> np.ndarray:
     """CKA(Θ_t, YYᵀ) for every kernel of a stack."""
     return 1.0 - distances_to(kernels, label_kernel(y), centered)
-
-
-# ---- reactivation measures ----------------------------------------------------------------
-
-def reactivation_measures(steps: Any, boundary: int, *, velocity: Any, norm: Any,
-                          alignment: Any, distance: Any, window: int = 10,
-                          tolerance: float = 0.05) -> dict[str, float]:
-    """Size of the reactivation at one task boundary (measures defined by ntkpipe, since the
-    study publishes none): velocity spike = max velocity in the `window` snapshots from the
-    boundary over the median velocity of the `window` snapshots before it; norm dip = 1 − min
-    norm after / norm at the boundary; recovery = steps until the norm is back within
-    `tolerance` (relative) of its boundary value (NaN if never); alignment deflection = largest
-    |A_t − A_boundary| after; distance jump = S(Θ_0, ·) change over the window after."""
-    steps, velocity, norm = as_array(steps), as_array(velocity), as_array(norm)
-    alignment, distance = as_array(alignment), as_array(distance)
-    b = int(np.searchsorted(steps, boundary))
-    if b >= len(steps) or steps[b] != boundary:
-        raise ValueError(f"boundary step {boundary} is not a snapshot step")
-    before = slice(max(0, b - window), b)
-    after = slice(b, min(len(steps), b + window + 1))
-    baseline = np.nanmedian(velocity[before]) if b > 0 else np.nan
-    peak = np.nanmax(velocity[after]) if np.isfinite(velocity[after]).any() else np.nan
-    norm_b = norm[b]
-    later = norm[b:]
-    dip_index = b + int(np.nanargmin(later[: window + 1])) if np.isfinite(later).any() else b
-    within = np.abs(norm - norm_b) <= tolerance * abs(norm_b)
-    # no dip beyond the tolerance: nothing to recover from (recovery 0)
-    recovered = [b] if within[dip_index] else \
-        np.flatnonzero((np.arange(len(norm)) > dip_index) & within)
-    return {
-        "velocity_spike": float(peak / baseline) if baseline > 0 else float("nan"),
-        "velocity_peak": float(peak),
-        "norm_dip": float(1.0 - norm[dip_index] / norm_b) if norm_b else float("nan"),
-        "recovery_steps": float(steps[recovered[0]] - boundary) if len(recovered) else float("nan"),
-        "alignment_deflection": float(np.nanmax(np.abs(alignment[after] - alignment[b]))),
-        "distance_jump": float(distance[after][-1] - distance[b]),
-    }

@@ -3,25 +3,85 @@ provenance, and the source hash that makes edited package code rerun the rules u
 
 from __future__ import annotations
 
+import ast
 import hashlib
 import os
 import sys
+from functools import lru_cache
 from importlib import util
 from pathlib import Path
 from typing import Any, Callable
 
 
-def source_hash(*modules: str) -> str:
-    """SHA-256 (16 hex digits) of the named ntkpipe modules' source files. Passed through
-    `params:`, it makes Snakemake rerun a rule when code it imports changes."""
-    spec = util.find_spec("ntkpipe")
-    if spec is None or not spec.submodule_search_locations:
-        raise ImportError("ntkpipe is not importable: run `make install` (pip install -e .)")
-    root = Path(next(iter(spec.submodule_search_locations)))
+def _module_file(name: str) -> Path | None:
+    """The source file of a dotted module name (a package's __init__.py); None when it is no
+    module (an attribute imported from one) or cannot be found. Only the top-level package is
+    looked up, nothing is imported (`ntkpipe.ntk` must not import torch at parse time)."""
+    top, *rest = name.split(".")
+    try:
+        spec = util.find_spec(top)
+    except (ImportError, ValueError):
+        return None
+    if spec is None or spec.origin in (None, "built-in", "frozen"):
+        return None
+    if not spec.submodule_search_locations:
+        return Path(spec.origin) if not rest else None
+    path = Path(next(iter(spec.submodule_search_locations))).joinpath(*rest)
+    for candidate in (path / "__init__.py", path.with_suffix(".py")):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def _imports(path: Path, tops: set[str]) -> set[str]:
+    """The modules of the packages `tops` a source file imports (anywhere in it: lazy imports
+    count), as dotted names: `from a.b import c` is a.b.c when c is a module, else a.b."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            if node.module.split(".")[0] not in tops:
+                continue
+            for alias in node.names:
+                name = f"{node.module}.{alias.name}"
+                found.add(name if _module_file(name) is not None else node.module)
+    return {name for name in found if name.split(".")[0] in tops}
+
+
+def code_closure(*modules: str) -> list[Path]:
+    """The source files of the given modules (dotted names or paths to .py files) and of
+    every module they import from ntkpipe or from their own top-level package, transitively.
+    A package's __init__ counts only where it is imported by name, not as the parent of a
+    submodule (so `ntkpipe.stages.data` does not pull in every stage)."""
+    files: dict[Path, None] = {}
+    todo: list[tuple[Path, set[str]]] = []
+    for module in modules:
+        path = Path(module) if module.endswith(".py") else _module_file(module)
+        if path is None or not path.is_file():
+            raise ImportError(f"module {module!r} not found: run `make install` "
+                              "(pip install -e .)")
+        tops = {"ntkpipe"} | ({module.split(".")[0]} if not module.endswith(".py") else set())
+        todo.append((path.resolve(), tops))
+    while todo:
+        path, tops = todo.pop()
+        if path in files:
+            continue
+        files[path] = None
+        for name in _imports(path, tops):
+            if (found := _module_file(name)) is not None:
+                todo.append((found.resolve(), tops))
+    return sorted(files)
+
+
+@lru_cache(maxsize=None)
+def code_hash(*modules: str) -> str:
+    """SHA-256 (16 hex digits) of the source of `modules` and all they import (see
+    `code_closure`). Passed through `params:`, it makes Snakemake rerun a rule when code it
+    runs changes, and only then."""
     digest = hashlib.sha256()
-    for name in sorted(set(modules)):
-        path = root / f"{name}.py"
-        digest.update(name.encode() + b"\0" + path.read_bytes())
+    for path in code_closure(*modules):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
     return digest.hexdigest()[:16]
 
 

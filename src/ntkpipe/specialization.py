@@ -1,10 +1,10 @@
-"""Kernel specialization (Shan & Bordelon 2021, §3 of science.md): the kernel specialization
+"""Kernel specialization (Shan & Bordelon 2021, docs/science.md §3): the kernel specialization
 matrix over per-output NTK blocks, the per-layer alignment to each class, and the effective
 feature-learning rate γ.
 
 Alignment throughout is the *uncentered* kernel–target alignment of Shan & Bordelon (eq. 5),
     A(K, y) = yᵀ K y / (‖K‖_F ‖y‖²) = ⟨K, yyᵀ⟩_F / (‖K‖_F ‖yyᵀ‖_F),
-the one science.md §3 uses for A(t), the KSM and γ (γ's closed form is derived for it: adding
+the one docs/science.md §3 uses for A(t), the KSM and γ (γ's closed form is derived for it: adding
 γ yyᵀ to K moves exactly this cosine). Class targets y^c are taken literally as the columns of
 the one-hot label matrix Y (0/1 entries, not ±1, not centred); any other target matrix passed
 in is used as given.
@@ -49,7 +49,7 @@ def class_alignments(kernels: Any, targets: Any) -> np.ndarray:
 
 def kernel_specialization(per_output_blocks: Any, labels_onehot: Any) -> np.ndarray:
     """KSM(c, c') = A(Θ^{c,c}, y^{c'}) / ((1/O) Σ_{c''} A(Θ^{c'',c''}, y^{c'})), (O, O)
-    (Shan & Bordelon 2021, kernel specialization matrix; §3 of science.md)."""
+    (Shan & Bordelon 2021, kernel specialization matrix; docs/science.md §3)."""
     blocks = as_array(per_output_blocks)
     y = _targets(labels_onehot, num_classes=blocks.shape[0])
     if y.shape[1] != blocks.shape[0]:
@@ -85,7 +85,7 @@ def _cosine(k: np.ndarray, t: np.ndarray) -> float:
 
 def gamma_alignment(k0: Any, y: Any, gamma: float) -> float:
     """Right-hand side of the γ equation, (yᵀK0y + γ‖y‖⁴) / (‖y‖² √(‖K0‖² + 2γ yᵀK0y + γ²‖y‖⁴))
-    with K0 normalised to ‖K0‖_F = 1, i.e. A(K0/‖K0‖_F + γ yyᵀ) (§3 of science.md)."""
+    with K0 normalised to ‖K0‖_F = 1, i.e. A(K0/‖K0‖_F + γ yyᵀ) (docs/science.md §3)."""
     k0 = as_array(k0)
     k0 = k0 / np.linalg.norm(k0)
     t = _label_kernel(y)
@@ -102,7 +102,7 @@ def target_cosine(k: Any, y: Any) -> float:
 
 def effective_gamma(k0: Any, k_inf: Any, y: Any) -> float:
     """Effective feature-learning rate γ ≥ 0 with A(K_∞) = A(K0/‖K0‖_F + γ yyᵀ)
-    (Shan & Bordelon 2021, §3 of science.md); 0.0 if K_∞ is no better aligned than K0, inf
+    (Shan & Bordelon 2021, docs/science.md §3); 0.0 if K_∞ is no better aligned than K0, inf
     if A(K_∞) reaches the γ → ∞ limit 1 (to within ALIGNMENT_ONE, below which a is round-off).
 
     K0 and K_∞ are normalised by ‖K0‖_F (A(K_∞) is scale-free, so only K0's scale matters).

@@ -74,7 +74,7 @@ def top_eigenvalues(k: Any, count: int, *, seed: int = 0, tol: float = 0.0) -> n
 
 def task_spectrum(k: Any, y: Any) -> np.ndarray:
     """v_k² = Σ_o (u_k · y_o)² for every eigenvector u_k in descending eigenvalue order
-    (Shan & Bordelon 2021, §3 of science.md)."""
+    (Shan & Bordelon 2021, docs/science.md §3)."""
     mat = _symmetric(k)
     _, vecs = eigen_spectrum(mat)
     return np.sum((vecs.T @ _columns(y, len(mat))) ** 2, axis=1)
@@ -106,7 +106,7 @@ def power_law_fit(values: Any, k_range: tuple[int, int] | None = None) -> dict[s
     keep = vs > 0
     if keep.sum() < 2:
         raise ValueError(f"fewer than two positive values in k_range ({k_min}, {k_max})")
-    # λ_k ∼ k^−b, v_k² ∼ k^−a (Shan & Bordelon 2021; science.md §3): a line in log–log
+    # λ_k ∼ k^−b, v_k² ∼ k^−a (Shan & Bordelon 2021; docs/science.md §3): a line in log–log
     lx, ly = np.log(ks[keep]), np.log(vs[keep])
     slope, intercept = np.polyfit(lx, ly, 1)
     resid = ly - (slope * lx + intercept)
@@ -119,7 +119,7 @@ def power_law_fit(values: Any, k_range: tuple[int, int] | None = None) -> dict[s
 
 def alignment_spectrum(k: Any, y: Any, top: int = 20) -> tuple[np.ndarray, np.ndarray]:
     """(λ_i / ‖K‖_F, a_i) for the `top` leading eigenvectors, a_i = Σ_o (u_iᵀ y_o)² / ‖y‖_F²
-    (Jiang, Cohen & Li 2025, §2 of science.md: the eigenvector alignment spectrum)."""
+    (Jiang, Cohen & Li 2025, docs/science.md §2: the eigenvector alignment spectrum)."""
     mat = _symmetric(k)
     y = _columns(y, len(mat))
     vals, vecs = top_eigen(mat, min(top, len(mat)))

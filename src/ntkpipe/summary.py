@@ -92,23 +92,8 @@ def combine(datasets: list[Any], *, provenance: dict[str, str]) -> Any:
     datasets = [datasets[i].drop_vars([c for c in _PER_RUN_COORDS if c in datasets[i].coords])
                 for i in order]
 
-    first: dict[str, Any] = {}  # a variable's dims and attrs come from the first run with it
-    for ds in datasets:
-        for name in ds.data_vars:
-            first.setdefault(name, ds[name])
-    own_dims = sorted({d for ds in datasets for d in ds.dims})
-    own_coords = {d: _own_union([_labels(ds, d) for ds in datasets if d in ds.dims])
-                  for d in own_dims}
-    labelled = [d for d in own_dims if any(d in ds.coords for ds in datasets)]
-    lookup = {d: {v: i for i, v in enumerate(own_coords[d])} for d in own_dims}
-    arrays = {name: np.full((len(datasets), *(len(own_coords[d]) for d in da.dims)), np.nan)
-              for name, da in first.items()}
-    for row, ds in enumerate(datasets):
-        for name in ds.data_vars:
-            dims = first[name].dims
-            cells = np.ix_(*[np.array([lookup[d][v.item()] for v in _labels(ds, d)],
-                                      dtype=np.intp) for d in dims])
-            arrays[name][(row, *cells)] = ds[name].transpose(*dims).values
+    arrays, first, own_coords, labelled = _stack(datasets, range(len(datasets)),
+                                                 len(datasets))
 
     sweep_coords = {k: _column([p[k] for p in params]) for k in SWEEP_KEYS}
     out = xr.Dataset(
@@ -126,6 +111,70 @@ def combine(datasets: list[Any], *, provenance: dict[str, str]) -> Any:
     out.attrs.update(store.dataset_attrs("ntkpipe sweep summary", provenance))
     out.attrs["runs"] = len(datasets)
     return out
+
+
+def _stack(datasets: list[Any], rows: Iterable[int], n_runs: int,
+           known: dict[str, np.ndarray] | None = None
+           ) -> tuple[dict[str, np.ndarray], dict[str, Any], dict[str, np.ndarray], list[str]]:
+    """Arrays (run, *own dims) of the datasets' variables, each dataset at its row; own dims
+    span `known` coordinates where given, else the sorted union of the datasets'. Returns the
+    arrays, each variable's first DataArray (dims, attrs), the own coordinates and the dims
+    that carry labels."""
+    known = known or {}
+    first: dict[str, Any] = {}  # a variable's dims and attrs come from the first run with it
+    for ds in datasets:
+        for name in ds.data_vars:
+            first.setdefault(name, ds[name])
+    own_dims = sorted({d for ds in datasets for d in ds.dims})
+    own_coords = {d: known[d] if d in known else
+                  _own_union([_labels(ds, d) for ds in datasets if d in ds.dims])
+                  for d in own_dims}
+    labelled = [d for d in own_dims if d in known or any(d in ds.coords for ds in datasets)]
+    lookup = {d: {v: i for i, v in enumerate(own_coords[d])} for d in own_dims}
+    arrays = {name: np.full((n_runs, *(len(own_coords[d]) for d in da.dims)), np.nan)
+              for name, da in first.items()}
+    for row, ds in zip(rows, datasets):
+        for name in ds.data_vars:
+            dims = first[name].dims
+            try:
+                cells = np.ix_(*[np.array([lookup[d][v.item()] for v in _labels(ds, d)],
+                                          dtype=np.intp) for d in dims])
+            except KeyError as err:
+                raise ValueError(f"{name}: label {err} is not in the summary's coordinates") \
+                    from None
+            arrays[name][(row, *cells)] = ds[name].transpose(*dims).values
+    return arrays, first, own_coords, labelled
+
+
+def along_runs(summary: Any, per_run: dict[int, Any]) -> Any:
+    """Per-run datasets, keyed by their position along the summary's `run`, stacked along it:
+    dims ("run", *their own), NaN for runs without one; an own dim the summary has (`step`,
+    `probe`) takes the summary's coordinate, so the result merges with it cell for cell."""
+    import xarray as xr
+
+    rows = sorted(per_run)
+    datasets = [per_run[r] for r in rows]
+    known = {d: summary[d].values for d in summary.dims if d in summary.coords and d != "run"}
+    arrays, first, own_coords, labelled = _stack(datasets, rows, summary.sizes["run"], known)
+    return xr.Dataset({name: (("run", *da.dims), arrays[name], da.attrs)
+                       for name, da in first.items()},
+                      coords={d: own_coords[d] for d in labelled})
+
+
+def with_measures(summary: Any, measures: Any | None) -> Any:
+    """The summary with a study's measures (a Dataset along the same `run`) merged in."""
+    if measures is None:
+        return summary
+    if measures.sizes.get("run", summary.sizes["run"]) != summary.sizes["run"]:
+        raise ValueError(f"the study measures have {measures.sizes['run']} runs, the summary "
+                         f"{summary.sizes['run']}; rebuild them")
+    for key in ("run_id", "shift_id"):
+        if key in measures.coords and not np.array_equal(measures[key].values,
+                                                         summary[key].values):
+            raise ValueError("the study measures are of other runs than the summary; "
+                             "rebuild them")
+    measures = measures.drop_vars([k for k in ("run_id", "shift_id") if k in measures.coords])
+    return summary.merge(measures, join="left", compat="override")
 
 
 def _matches(column: np.ndarray, value: Any) -> np.ndarray:
@@ -184,6 +233,17 @@ def grid(ds: Any, keep: Iterable[str], *, count: str = "spectral_norm", **fixed:
         sub = sub.assign_coords(similarity=sim)
         sub["similarity"].attrs["long_name"] = _SIMILARITY_NAME
     return sub.transpose(*dims, ...)
+
+
+def open_results(results: str | Path = "results") -> Any:
+    """The summary of a results directory (`summary/metrics.nc`) with every study's measures
+    (`summary/<study>.nc`) merged in: one Dataset along `run` holding all a run measured."""
+    base = Path(results) / "summary"
+    ds = store.open_netcdf(base / "metrics.nc")
+    for path in sorted(base.glob("*.nc")):
+        if path.name != "metrics.nc":
+            ds = with_measures(ds, store.open_netcdf(path))
+    return ds
 
 
 def collect(metric_paths: list[str | Path], out: str | Path, *,

@@ -3,8 +3,8 @@
 import sys
 
 import ntkpipe.config as ntkconfig
-import ntkpipe.figures as ntkfigures
 import ntkpipe.smk as ntksmk
+import ntkpipe.studies as ntkstudies
 import ntkpipe.sweep as ntksweep
 
 try:
@@ -13,12 +13,16 @@ except ntkconfig.ConfigError as err:
     sys.exit(f"ntkpipe: invalid config: {err}")
 
 R = config["results"]
+STUDIES = ntkstudies.load_all(config["studies"])
+STUDY = {study.name: study for study in STUDIES}
+STUDY_SPECS = {study.name: spec for study, spec in zip(STUDIES, config["studies"])}
 
 wildcard_constraints:
     run=ntksweep.id_regex(ntksweep.PHASE1_KEYS),
     shift=ntksweep.id_regex(ntksweep.SHIFT_KEYS),
     split=ntksweep.id_regex(ntksweep.SPLIT_KEYS),
     dataset="[a-z0-9]+",
+    study="|".join(STUDY_SPECS),
 
 RUNS = sorted(set(ntksweep.iter_runs(config)))
 ANALYSES = ntksweep.run_analyses(config)  # {(run, shift): analyses its sweeps turn on}
@@ -27,8 +31,10 @@ for (_run, _shift), _names in ANALYSES.items():
     PHASE1_ANALYSES.setdefault(_run, set()).update(_names)
 METRICS = [f"{R}/runs/{run}/{shift}/metrics.nc" for run, shift in RUNS]
 SUMMARY = f"{R}/summary/metrics.nc"
-FIGURE_NAMES = ntkfigures.applicable(ntksweep.all_points(config), ANALYSES)
-FIGURES = [f"{R}/figures/{name}.png" for name in FIGURE_NAMES]
+_TURNED_ON = {name for names in ANALYSES.values() for name in names}
+STUDY_FIGURES = {study.name: study.applicable(ntksweep.all_points(config), _TURNED_ON)
+                 for study in STUDIES}
+FIGURES = [f"{R}/figures/{name}.png" for names in STUDY_FIGURES.values() for name in names]
 
 
 def run_params(wildcards):
@@ -120,3 +126,43 @@ def ntk_settings(wildcards):
 
 def model_settings():
     return {"bias": config["model"]["bias"], "bias_std": config["model"]["bias_std"]}
+
+
+# Per-run files a study's measures may read, by kind.
+_RUN_FILES = {"metrics": "{run}/{shift}/metrics.nc", "ntk": "{run}/{shift}/ntk.nc",
+              "sharpness": "{run}/{shift}/sharpness.nc", "train_kernel": "{run}/train_kernel.nc"}
+
+
+def study_run_files(name):
+    """{file kind: [[run, shift, path], ...]} of the per-run files a study's measures read:
+    every run's, or those of the runs whose sweeps turn the named analysis on."""
+    out = {}
+    for kind, analysis in STUDY[name].run_files.items():
+        out[kind] = [[run, shift, f"{R}/runs/" + _RUN_FILES[kind].format(run=run, shift=shift)]
+                     for run, shift in RUNS
+                     if analysis is None or analysis in ANALYSES.get((run, shift), ())]
+    return out
+
+
+def study_measure_inputs(wildcards):
+    """The summary and the per-run files of a study's measures."""
+    files = study_run_files(wildcards.study)
+    return {"summary": SUMMARY, **{kind: [row[2] for row in rows] for kind, rows in files.items()}}
+
+
+def study_inputs(study):
+    """The summary and a study's measures (if it has any); `study` is a name or wildcards."""
+    name = study if isinstance(study, str) else study.study
+    inputs = {"summary": SUMMARY}
+    if STUDY[name].measures is not None:
+        inputs["measures"] = f"{R}/summary/{name}.nc"
+    return inputs
+
+
+def study_code(name):
+    """Code hash of a study: its module and what it imports, and the study stages."""
+    return ntksmk.code_hash(_study_module(STUDY_SPECS[name]), "ntkpipe.stages.studies")
+
+
+def _study_module(spec):
+    return f"ntkpipe.studies.{spec}" if spec in ntkstudies.BUILTIN else spec

@@ -8,7 +8,7 @@ rule prepare_data:
         root=config["dataset"]["root"],
         download=config["dataset"]["download"],
         image_size=config["dataset"]["image_size"],
-        code=ntksmk.source_hash("data", "stages/data", "store"),
+        code=ntksmk.code_hash("ntkpipe.stages.data"),
     script:
         "../scripts/prepare_data.py"
 
@@ -23,7 +23,7 @@ rule split_task1:
         f"{R}/logs/splits/{{split}}/task1.log",
     params:
         split=lambda wc: {**split_settings(), **split_wildcards(wc)},
-        code=ntksmk.source_hash("splits", "stages/data", "store"),
+        code=ntksmk.code_hash("ntkpipe.stages.data"),
     script:
         "../scripts/split.py"
 
@@ -39,6 +39,6 @@ rule split_tasks:
     params:
         split=lambda wc: {**split_settings(**{k: v for k, v in shift_params(wc).items()
                                               if k != "shift"}), **split_wildcards(wc)},
-        code=ntksmk.source_hash("splits", "stages/data", "store"),
+        code=ntksmk.code_hash("ntkpipe.stages.data"),
     script:
         "../scripts/split.py"

@@ -28,8 +28,7 @@ rule extract_ntk:
         run=run_params,
         model=model_settings(),
         ntk=ntk_settings,
-        code=ntksmk.source_hash("models", "ntk", "stages/data", "stages/training",
-                                "stages/kernels", "store", "train"),
+        code=ntksmk.code_hash("ntkpipe.stages.kernels"),
     script:
         "../scripts/extract_ntk.py"
 
@@ -52,9 +51,7 @@ rule sharpness:
         model=model_settings(),
         train={**lr_settings(), "momentum": config["train"]["momentum"]},
         sharpness=config["analysis"]["sharpness"],
-        code=ntksmk.source_hash("hessian", "metrics", "models", "ntk", "spectra", "splits",
-                                "stages/analyses", "stages/data", "stages/kernels",
-                                "stages/training", "store", "sweep", "train"),
+        code=ntksmk.code_hash("ntkpipe.stages.analyses"),
     script:
         "../scripts/sharpness.py"
 
@@ -80,7 +77,6 @@ rule train_kernel:
         model=model_settings(),
         train=lr_settings(),
         ntk={k: config["ntk"][k] for k in ("dtype", "max_memory_gb")},
-        code=ntksmk.source_hash("models", "ntk", "splits", "stages/analyses", "stages/data",
-                                "stages/kernels", "stages/training", "store", "sweep"),
+        code=ntksmk.code_hash("ntkpipe.stages.analyses"),
     script:
         "../scripts/train_kernel.py"

@@ -17,8 +17,7 @@ rule train_phase1:
         run=run_params,
         train=phase1_settings,
         model=model_settings(),
-        code=ntksmk.source_hash("models", "train", "stages/data", "stages/training", "store",
-                                "sweep"),
+        code=ntksmk.code_hash("ntkpipe.stages.training"),
     script:
         "../scripts/train_phase1.py"
 
@@ -43,7 +42,6 @@ rule train_phase2:
         run=run_params,
         train=phase2_settings,
         model=model_settings(),
-        code=ntksmk.source_hash("models", "train", "stages/data", "stages/training", "store",
-                                "sweep"),
+        code=ntksmk.code_hash("ntkpipe.stages.training"),
     script:
         "../scripts/train_phase2.py"

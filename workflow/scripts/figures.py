@@ -1,5 +1,6 @@
-"""Adapter: rule figures → ntkpipe.figures.draw_all."""
-from ntkpipe import figures, smk
+"""Adapter: a study's figures rule → ntkpipe.stages.study_figures."""
+from ntkpipe import smk, stages
 
 log, provenance = smk.setup(snakemake)
-figures.draw_all(snakemake.input[0], list(snakemake.output))
+stages.study_figures(snakemake.params.study, snakemake.input.summary,
+                     snakemake.input.get("measures"), list(snakemake.output))

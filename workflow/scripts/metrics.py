@@ -3,7 +3,4 @@ from ntkpipe import smk, stages
 
 log, provenance = smk.setup(snakemake)
 stages.compute_metrics(snakemake.input.ntk, snakemake.output[0],
-                       metrics_cfg=snakemake.params.metrics, provenance=provenance,
-                       sharpness_path=snakemake.input.get("sharpness"),
-                       train_kernel_path=snakemake.input.get("train_kernel"),
-                       train_kernel_cfg=snakemake.params.train_kernel)
+                       metrics_cfg=snakemake.params.metrics, provenance=provenance)

@@ -1,5 +1,5 @@
-"""Adapter: rule scorecard → ntkpipe.scorecard.scorecard."""
+"""Adapter: rule scorecard → ntkpipe.scorecard.combine."""
 from ntkpipe import scorecard, smk
 
 log, provenance = smk.setup(snakemake)
-scorecard.scorecard(snakemake.input[0], snakemake.output[0], dict(snakemake.params.thresholds))
+scorecard.combine(list(snakemake.input), snakemake.output[0])

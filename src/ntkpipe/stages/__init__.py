@@ -11,9 +11,11 @@ compute kernels only: the split and metrics jobs then start without it (its impo
 from ntkpipe.stages.analyses import measure_sharpness, train_kernel
 from ntkpipe.stages.data import load_data, load_split, make_split, prepare_data
 from ntkpipe.stages.kernels import extract_ntk, task_scores
-from ntkpipe.stages.measures import REACTIVATION, compute_metrics
+from ntkpipe.stages.measures import compute_metrics
+from ntkpipe.stages.studies import study_figures, study_measures, study_scorecard
 from ntkpipe.stages.training import make_model, target_loss, train_phase1, train_phase2
 
-__all__ = ["REACTIVATION", "compute_metrics", "extract_ntk", "load_data", "load_split",
-           "make_model", "make_split", "measure_sharpness", "prepare_data", "target_loss",
-           "task_scores", "train_kernel", "train_phase1", "train_phase2"]
+__all__ = ["compute_metrics", "extract_ntk", "load_data", "load_split", "make_model",
+           "make_split", "measure_sharpness", "prepare_data", "study_figures", "study_measures",
+           "study_scorecard", "target_loss", "task_scores", "train_kernel", "train_phase1",
+           "train_phase2"]

@@ -1,9 +1,9 @@
 """The per-run analyses a sweep turns on (`analyses:`), as file stages.
 
-- `measure_sharpness` (edge of stability, science.md §2): at every snapshot, the top Hessian
+- `measure_sharpness` (edge of stability, docs/science.md §2): at every snapshot, the top Hessian
   eigenvalues of the loss of the task being trained, on a fixed class-balanced subset of its
   training set, and the Gauss–Newton part's top eigenvalue from the full NTK on that subset.
-- `train_kernel` (feature evolution, science.md §3): the traced NTK on task 1's whole training
+- `train_kernel` (feature evolution, docs/science.md §3): the traced NTK on task 1's whole training
   set at initialisation and at the end of phase 1, the network's outputs there, and its
   training loss at every step: what kernel gradient descent, the spectra and γ are computed from
   (in the metrics stage, without torch).

@@ -1,0 +1,82 @@
+# The studies (config `studies`, one module each): their measures along `run`, their scorecard
+# rows and their figures, each job hashing only its own study's code.
+
+
+rule study_measures:
+    """A study's per-run measures from the summary and the per-run files it reads."""
+    input:
+        unpack(study_measure_inputs),
+    output:
+        f"{R}/summary/{{study}}.nc",
+    log:
+        f"{R}/logs/studies/{{study}}/measures.log",
+    localrule: True
+    params:
+        study=lambda wc: STUDY_SPECS[wc.study],
+        files=lambda wc: study_run_files(wc.study),
+        settings=lambda wc: STUDY[wc.study].settings(config),
+        code=lambda wc: study_code(wc.study),
+    script:
+        "../scripts/study_measures.py"
+
+
+rule study_scorecard:
+    """A study's claims checked on the summary (thresholds from config `scorecard`)."""
+    input:
+        unpack(study_inputs),
+    output:
+        f"{R}/scorecard/{{study}}.csv",
+    log:
+        f"{R}/logs/studies/{{study}}/scorecard.log",
+    localrule: True
+    params:
+        study=lambda wc: STUDY_SPECS[wc.study],
+        thresholds=lambda wc: {k: config["scorecard"][k] for k in STUDY[wc.study].thresholds},
+        code=lambda wc: study_code(wc.study),
+    script:
+        "../scripts/study_scorecard.py"
+
+
+rule scorecard:
+    """Every study's rows in one table."""
+    input:
+        [f"{R}/scorecard/{study.name}.csv" for study in STUDIES],
+    output:
+        report(f"{R}/scorecard.csv", caption="../report/scorecard.rst", category="Scorecard"),
+    log:
+        f"{R}/logs/scorecard.log",
+    localrule: True
+    params:
+        code=ntksmk.code_hash("ntkpipe.scorecard"),
+    script:
+        "../scripts/scorecard.py"
+
+
+# One figures rule per study, so that editing a study redraws its figures only.
+for _study in STUDIES:
+    if not STUDY_FIGURES[_study.name]:
+        continue
+
+    rule:
+        name:
+            f"figures_{_study.name}"
+        input:
+            **study_inputs(_study.name),
+        output:
+            **{
+                name: report(
+                    f"{R}/figures/{name}.png",
+                    caption=_study.caption_path(_study.figure(name)),
+                    category=_study.title,
+                    subcategory=_study.figure(name).group,
+                )
+                for name in STUDY_FIGURES[_study.name]
+            },
+        log:
+            f"{R}/logs/studies/{_study.name}/figures.log",
+        localrule: True
+        params:
+            study=STUDY_SPECS[_study.name],
+            code=study_code(_study.name),
+        script:
+            "../scripts/figures.py"
