@@ -113,7 +113,11 @@ GPU_SLOT = None
 def setup(snakemake: Any) -> tuple[Callable[[str], None], dict[str, str]]:
     """Route stderr to the job's log, take a GPU slot for rules with `resources: gpu`, set
     torch's threads, and build the provenance of the job's outputs (its params and wildcards).
-    Returns (log function, provenance)."""
+    Returns (log function, provenance). Where the job server can take the job, the job runs
+    in one of its workers instead and this process exits with the worker's status."""
+    from ntkpipe import jobserver
+
+    jobserver.offload(sys.argv)
     global GPU_SLOT
     log_path = Path(snakemake.log[0])
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -138,6 +142,8 @@ def setup(snakemake: Any) -> tuple[Callable[[str], None], dict[str, str]]:
     # torch do not pay for it.
     for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ[name] = str(max(1, int(snakemake.threads)))
+    if "torch" in sys.modules:  # a job-server worker: torch was loaded before the job began
+        sys.modules["torch"].set_num_threads(max(1, int(snakemake.threads)))
     params = {k: v for k, v in snakemake.params.items() if k != "code"}
     wildcards = dict(snakemake.wildcards.items())
     device = "cpu"
