@@ -1,46 +1,113 @@
-"""Benchmark of the empirical NTK engine against the torch.func recipe.
+"""Benchmark of the empirical NTK engine against neural-tangents and torch.func.
 
-    python benchmarks/ntk_bench.py [--quick] [--readme benchmarks/README.md]
+    python benchmarks/ntk_bench.py [--cases mlp,cnn-a,cnn-b,vit] [--rounds 3]
+                                   [--nt-python ~/ntvenv/bin/python] [--quick]
 
-Each case runs in its own subprocess; its peak memory is the process's peak RSS (VmHWM, reset
-just before the runs) minus its RSS then. Time is the best of the case's repeats. GFLOP/s
-counts the matmul/conv FLOPs the engine performs (torch.utils.flop_counter); '% of matmul'
-compares them with a 2048² fp32 torch.matmul timed right before that best run, because other
-jobs on a shared machine change the throughput from minute to minute.
+Cases (float32, full (N, N, O, O) kernel, O = 10, x2 = x1, models in eval mode):
+  mlp    MLP 64→1024→1024→10 (ReLU, standard parametrisation), N = 256
+  cnn-a  conv 3→32, conv 32→32 stride 2, ReLU, global average pool, linear; 3×32×32, N = 256
+  cnn-b  the same with 64 / 128 channels, N = 256
+  vit    ViT 3×32×32, patches 8×8 (16 tokens), width 64, 2 blocks, 4 heads, MLP ratio 2, N = 64
+Implementations: ntkpipe (`empirical_ntk`, "auto"); the torch.func tutorial recipe
+(`reference_ntk`: vmap+jacrev, contracted per parameter); torch.func "Jacobian + Gram" (one
+(N·O, P) Jacobian, then J Jᵀ); neural-tangents' Jacobian contraction (nt-1) and structured
+derivatives (nt-3), run by benchmarks/nt_compare.py in its own environment on the same weights
+and inputs (exported here), its kernel checked against ntkpipe's.
+
+The machine is shared, so implementations run in alternated rounds within one process each and
+every ratio is formed within a round (median and range over rounds reported). Time: wall clock of
+one call, after a warm-up (neural-tangents: after jit compilation, reported apart). Peak memory:
+the process's peak RSS during the call minus its RSS before (VmHWM reset; Linux). FLOPs: the
+matmul and convolution FLOPs ntkpipe performs, counted by torch.utils.flop_counter — its plan is
+the cheapest exact contraction its cost model knows (forward, one batched backward, per-layer
+features, upper-triangle Grams). '% of matmul' compares FLOPs / time with a 2048² fp32 matmul
+timed in the same round. torch.func variants whose Jacobian would not fit run at a smaller N
+(shown), against ntkpipe at that N.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import json
+import math
 import os
 import platform
+import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
+from typing import Callable
 
+import numpy as np
 import torch
+from torch import nn
+from torch.func import functional_call, jacrev, vmap
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from ntkpipe.models import build_model, make_mlp  # noqa: E402
+from ntkpipe import models  # noqa: E402
+from ntkpipe.models import Conv2d, Dense, build_model, make_mlp  # noqa: E402
 from ntkpipe.ntk import empirical_ntk, reference_ntk  # noqa: E402
 
 MiB = 2 ** 20
+CASES = ("mlp", "cnn-a", "cnn-b", "vit")
 
 
-@functools.lru_cache(maxsize=None)
-def _operands(n: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Two n×n fp32 matrices and a result buffer, allocated once (kept out of peak memory)."""
-    return torch.randn(n, n), torch.randn(n, n), torch.empty(n, n)
+# ---------------------------------------------------------------------------------------------
+# Cases
+# ---------------------------------------------------------------------------------------------
+
+def build_case(name: str, quick: bool = False) -> tuple[nn.Module, torch.Tensor, str, int]:
+    """(model, inputs, description, N at which the torch.func variants run)."""
+    torch.manual_seed(0)
+    n = 64 if quick else 256
+    if name == "mlp":
+        return (make_mlp(64, 1024, 2, 10).eval(), torch.randn(n, 64),
+                "MLP 64→1024→1024→10", 32)
+    if name in ("cnn-a", "cnn-b"):
+        c1, c2 = (32, 32) if name == "cnn-a" else (64, 128)
+        model = nn.Sequential(Conv2d(3, c1, 3, padding=1), nn.ReLU(),
+                              Conv2d(c1, c2, 3, stride=2, padding=1), nn.ReLU(),
+                              nn.AdaptiveAvgPool2d(1), nn.Flatten(), Dense(c2, 10)).eval()
+        label = f"CNN ({name[-1]}) {c1}/{c2} channels, 3×32×32"
+        return model, torch.randn(n, 3, 32, 32), label, n
+    if name == "vit":
+        model = build_model("vit", (3, 32, 32), 10, width=64, depth=2, activation="gelu",
+                            regime="feature", patch_size=8, heads=4, mlp_ratio=2.0).eval()
+        n = 16 if quick else 64
+        return model, torch.randn(n, 3, 32, 32), "ViT 16 tokens, width 64, 2 blocks", n
+    raise ValueError(f"unknown case {name!r}; choose from {CASES}")
 
 
-def matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
-    """Best fp32 throughput of an n×n by n×n matmul."""
-    a, b, out = _operands(n)
+def jacobian_gram(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """torch.func variant: the whole (N·O, P) Jacobian once, then its Gram matrix."""
+    params = {k: p.detach() for k, p in model.named_parameters()}
+
+    def f(p: dict, xi: torch.Tensor) -> torch.Tensor:
+        return functional_call(model, p, (xi.unsqueeze(0),)).squeeze(0)
+
+    jac = vmap(jacrev(f), (None, 0))(params, x)
+    j = torch.cat([v.flatten(2) for v in jac.values()], dim=2).flatten(0, 1)
+    del jac
+    n, o = x.shape[0], j.shape[0] // x.shape[0]
+    return (j @ j.T).view(n, o, n, o).permute(0, 2, 1, 3)
+
+
+# ---------------------------------------------------------------------------------------------
+# Measurement
+# ---------------------------------------------------------------------------------------------
+
+_MATMUL: dict[int, tuple[torch.Tensor, ...]] = {}
+
+
+def matmul_gflops(n: int = 2048, repeats: int = 2) -> float:
+    """Best fp32 throughput of an n×n by n×n matmul (operands allocated once)."""
+    if n not in _MATMUL:
+        _MATMUL[n] = (torch.randn(n, n), torch.randn(n, n), torch.empty(n, n))
+    a, b, out = _MATMUL[n]
     torch.matmul(a, b, out=out)
     best = float("inf")
     for _ in range(repeats):
@@ -48,49 +115,6 @@ def matmul_gflops(n: int = 4096, repeats: int = 5) -> float:
         torch.matmul(a, b, out=out)
         best = min(best, time.perf_counter() - t)
     return 2 * n ** 3 / best / 1e9
-
-
-def build(case: dict) -> tuple[torch.nn.Module, torch.Tensor]:
-    """Model (eval mode, float32) and probe inputs of one case."""
-    torch.manual_seed(0)
-    if case["arch"] == "mlp":
-        model = make_mlp(case["in"], case["width"], case["depth"], case["out"])
-        x = torch.randn(case["n"], case["in"])
-    else:
-        model = build_model(case["arch"], (3, 32, 32), case["out"], width=case["width"],
-                            depth=case["depth"], activation="relu", regime="feature")
-        x = torch.randn(case["n"], 3, 32, 32)
-    return model.eval(), x
-
-
-def run_case(case: dict) -> dict:
-    """Time one case (best of `repeats`), in this process; return the measurements."""
-    model, x = build(case)
-    impl = case["impl"]
-
-    def compute() -> torch.Tensor:
-        if impl == "torch.func":
-            return reference_ntk(model, x, mode=case["mode"])
-        return empirical_ntk(model, x, mode=case["mode"], implementation=impl)
-
-    matmul_gflops(2048, 1)
-    rss_before = _reset_peak_rss()
-    times, throughputs = [], []
-    for _ in range(case.get("repeats", 1)):
-        throughputs.append(matmul_gflops(2048, 2))  # the machine's state next to this run
-        t = time.perf_counter()
-        compute()
-        times.append(time.perf_counter() - t)
-    peak = _status_kib("VmHWM") - rss_before
-    flops = None
-    if impl != "torch.func":
-        from torch.utils.flop_counter import FlopCounterMode
-        with FlopCounterMode(display=False) as counter:
-            compute()
-        flops = counter.get_total_flops()
-    best = min(range(len(times)), key=times.__getitem__)
-    return {"time": times[best], "peak_mib": peak / 1024, "matmul_gflops": throughputs[best],
-            "gflops": flops / times[best] / 1e9 if flops else None}
 
 
 def _status_kib(field: str) -> int:
@@ -109,126 +133,225 @@ def _reset_peak_rss() -> int:
     return _status_kib("VmRSS")
 
 
-def reference_estimate(case: dict, gflops: float) -> tuple[float, float]:
-    """Seconds and bytes the torch.func recipe would need: the Jacobian (N·O·P floats, times
-    two for the flattening copy) and its contraction, 2 (N·O)² P FLOPs."""
-    model, _ = build(case)
-    params = sum(p.numel() for p in model.parameters())
-    rows = case["n"] * case["out"]
-    return 2 * rows * rows * params / (gflops * 1e9), 2 * rows * params * 4
+def timed(fn: Callable[[], torch.Tensor]) -> dict:
+    """Seconds and peak extra MiB of one call."""
+    rss = _reset_peak_rss()
+    t = time.perf_counter()
+    out = fn()
+    seconds = time.perf_counter() - t
+    peak = (_status_kib("VmHWM") - rss) / 1024
+    del out
+    return {"time": seconds, "peak_mib": peak}
 
 
-def cases(quick: bool) -> list[dict]:
-    """The benchmark matrix."""
-    def mlp(width, depth, n, mode, impl="auto", inp=64, repeats=5):
-        return dict(arch="mlp", **{"in": inp}, width=width, depth=depth, out=10, n=n,
-                    mode=mode, impl=impl, repeats=repeats)
+def counted_flops(fn: Callable[[], torch.Tensor]) -> int:
+    """Matmul and convolution FLOPs of one call (torch.utils.flop_counter's formulas; its
+    FlopCounterMode's module hooks clash with torch.func's vjp, so a bare dispatch mode)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
 
-    def cnn(arch, width, n, mode, impl="auto"):
-        return dict(arch=arch, width=width, depth=2, out=10, n=n, mode=mode, impl=impl,
-                    repeats=3)
+    class Count(TorchDispatchMode):
+        flops = 0
 
-    headline = [mlp(1024, 2, 256, "full"), mlp(1024, 2, 256, "full", "torch.func", repeats=1),
-                mlp(1024, 2, 64, "full"), mlp(1024, 2, 64, "full", "torch.func", repeats=1)]
-    if quick:
-        return headline[:1] + [mlp(1024, 2, 256, "trace"), mlp(256, 2, 256, "full"),
-                               mlp(256, 2, 256, "full", "torch.func", repeats=1),
-                               mlp(1024, 2, 64, "full"),
-                               mlp(1024, 2, 64, "full", "torch.func", repeats=1),
-                               cnn("cnn", 16, 32, "trace")]
-    out = headline + [mlp(1024, 2, 128, "full"), mlp(1024, 2, 128, "full", "torch.func",
-                                                       repeats=1)]
-    for width, depth in ((256, 2), (512, 2), (1024, 3), (2048, 3)):
-        for mode in ("full", "trace"):
-            out.append(mlp(width, depth, 1000, mode, inp=784, repeats=1 if width >= 1024 else 3))
-    out.append(mlp(256, 2, 256, "full", "torch.func", inp=784, repeats=1))
-    out.append(mlp(2048, 3, 1000, "full", "torch.func", inp=784, repeats=1))
-    out += [mlp(1024, 2, 256, "full", "jacobian", repeats=1)]
-    for arch in ("cnn", "cnn-relu"):
-        for mode in ("full", "trace"):
-            out.append(cnn(arch, 32, 128, mode))
-        out.append(cnn(arch, 32, 128, "full", "jacobian"))
-        out.append(cnn(arch, 32, 32, "full", "torch.func"))
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            kwargs = kwargs or {}
+            out = func(*args, **kwargs)
+            formula = flop_registry.get(func._overloadpacket)
+            if formula is not None:
+                Count.flops += formula(*args, **kwargs, out_val=out)
+            return out
+
+    with Count():
+        fn()
+    return Count.flops
+
+
+# ---------------------------------------------------------------------------------------------
+# neural-tangents peer
+# ---------------------------------------------------------------------------------------------
+
+def export_network(model: nn.Module, x: torch.Tensor, path: str) -> None:
+    """Write the layers, weights and inputs for benchmarks/nt_compare.py."""
+    spec, arrays = [], {}
+    for k, layer in enumerate(model):
+        entry, params = _export_layer(layer)
+        spec.append(entry)
+        arrays.update({f"{k}/{key}": value for key, value in params.items()})
+    np.savez(path, spec=np.array(json.dumps(spec)), x=x.numpy(), **arrays)
+
+
+def _export_layer(m: nn.Module) -> tuple[dict, dict]:
+    """(layer entry, flat parameter arrays) of one module."""
+    def arr(t: torch.Tensor) -> np.ndarray:
+        return t.detach().numpy()
+
+    def dense(d: nn.Linear) -> dict:
+        out = {"w": arr(d.weight.T), "gw": np.float64(getattr(d, "weight_gain", 1.0))}
+        if d.bias is not None:
+            out.update(b=arr(d.bias), gb=np.float64(getattr(d, "bias_gain", 1.0)))
+        return out
+
+    def norm(ln: nn.LayerNorm) -> dict:
+        return {"w": arr(ln.weight), "b": arr(ln.bias), "eps": np.float64(ln.eps)}
+
+    def prefixed(prefix: str, params: dict) -> dict:
+        return {f"{prefix}/{k}": v for k, v in params.items()}
+
+    if isinstance(m, nn.Linear):
+        return {"kind": "dense"}, dense(m)
+    if isinstance(m, nn.Conv2d):
+        if m.groups != 1 or m.dilation != (1, 1) or m.padding_mode != "zeros" or \
+                isinstance(m.padding, str):
+            raise ValueError("the peer reproduces zero-padded, undilated, ungrouped convs only")
+        out = dense(m)
+        out.update(w=arr(m.weight), stride=np.array(m.stride), padding=np.array(m.padding))
+        return {"kind": "conv"}, out
+    acts = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.GELU: "gelu", nn.Identity: "linear"}
+    if type(m) in acts:
+        return {"kind": "act", "name": acts[type(m)]}, {}
+    simple = {nn.Flatten: "flatten", nn.AdaptiveAvgPool2d: "gap", models.PatchTokens: "tokens",
+              models.TokenMean: "tokenmean"}
+    if type(m) in simple:
+        return {"kind": simple[type(m)]}, {}
+    if isinstance(m, models.PositionEmbedding):
+        return {"kind": "position"}, {"w": arr(m.weight), "gw": np.float64(m.weight_gain)}
+    if isinstance(m, nn.LayerNorm):
+        return {"kind": "layernorm"}, norm(m)
+    if isinstance(m, models.TransformerBlock):
+        act = acts.get(type(m.mlp[1]), "gelu")
+        params = {**prefixed("norm1", norm(m.norm1)), **prefixed("norm2", norm(m.norm2)),
+                  **prefixed("attn/qkv", dense(m.attention.qkv)),
+                  **prefixed("attn/proj", dense(m.attention.proj)),
+                  **prefixed("fc1", dense(m.mlp[0])), **prefixed("fc2", dense(m.mlp[2]))}
+        return {"kind": "block", "heads": m.attention.heads, "act": act}, params
+    raise ValueError(f"no neural-tangents export for {type(m).__name__}")
+
+
+class Peer:
+    """benchmarks/nt_compare.py running in the neural-tangents environment."""
+
+    def __init__(self, python: str) -> None:
+        self.proc = subprocess.Popen([python, str(ROOT / "benchmarks" / "nt_compare.py"),
+                                      "--serve"], stdin=subprocess.PIPE,
+                                     stdout=subprocess.PIPE, text=True,
+                                     env={**os.environ, "JAX_PLATFORMS": "cpu"})
+
+    def ask(self, **request: object) -> dict:
+        """Send one request, return its answer (raises on a reported error)."""
+        self.proc.stdin.write(json.dumps(request) + "\n")
+        self.proc.stdin.flush()
+        answer = json.loads(self.proc.stdout.readline())
+        if "error" in answer:
+            raise RuntimeError(f"neural-tangents peer: {answer['error']}")
+        return answer
+
+    def close(self) -> None:
+        """Stop the peer."""
+        self.proc.stdin.close()
+        self.proc.wait(timeout=60)
+
+
+# ---------------------------------------------------------------------------------------------
+# One case, alternated rounds
+# ---------------------------------------------------------------------------------------------
+
+def run_case(name: str, rounds: int, peer: Peer | None, quick: bool, nt_impls: list[int]
+             ) -> dict:
+    """Time every implementation of one case in alternated rounds."""
+    model, x, label, n_func = build_case(name, quick)
+    n = x.shape[0]
+    xf = x[:n_func]
+    ours = lambda: empirical_ntk(model, x)  # noqa: E731
+    ours_small = lambda: empirical_ntk(model, xf)  # noqa: E731
+    contenders: dict[str, Callable[[], object]] = {
+        "torch.func recipe": lambda: reference_ntk(model, xf),
+        "torch.func Jacobian+Gram": lambda: jacobian_gram(model, xf)}
+    info = {"label": label, "n": n, "n_func": n_func, "compile_s": {}, "check": None}
+    ours_small()  # warm-up
+    if peer is not None:
+        with tempfile.TemporaryDirectory() as tmp:
+            export_network(model, x, f"{tmp}/net.npz")
+            info["compile_s"] = peer.ask(cmd="load", npz=f"{tmp}/net.npz", impls=nt_impls)[
+                "compile_s"]
+            peer.ask(cmd="kernel", impl=nt_impls[-1], out=f"{tmp}/k.npy")
+            theirs = torch.from_numpy(np.load(f"{tmp}/k.npy")).double()
+            mine = ours().double()
+            info["check"] = ((mine - theirs).norm() / mine.norm()).item()
+    runs: dict[str, list[dict]] = {}
+    for _ in range(rounds):
+        rate = matmul_gflops()
+        runs.setdefault("ntkpipe", []).append({**timed(ours), "matmul": rate})
+        if n_func != n:
+            runs.setdefault(f"ntkpipe (N={n_func})", []).append(timed(ours_small))
+        for impl in nt_impls if peer is not None else []:
+            runs.setdefault(f"nt-{impl}", []).append(peer.ask(cmd="time", impl=impl))
+        for label_, fn in contenders.items():
+            runs.setdefault(label_, []).append(timed(fn))
+    info["flops"] = counted_flops(ours)
+    info["runs"] = runs
+    return info
+
+
+def rows(info: dict) -> list[str]:
+    """Markdown rows of one case."""
+    runs, n, n_func = info["runs"], info["n"], info["n_func"]
+    ours = [r["time"] for r in runs["ntkpipe"]]
+    small = [r["time"] for r in runs.get(f"ntkpipe (N={n_func})", runs["ntkpipe"])]
+    flops = info["flops"]
+    pct = [100 * flops / r["time"] / 1e9 / r["matmul"] for r in runs["ntkpipe"]]
+    out = []
+    for impl, rs in runs.items():
+        times = [r["time"] for r in rs]
+        size = n_func if impl.startswith("torch.func") or impl.startswith("ntkpipe (") else n
+        ref = small if size == n_func and impl != "ntkpipe" else ours
+        if impl == "ntkpipe":
+            extra = f"{flops / 1e9:.1f} GFLOP, {min(pct):.0f}–{max(pct):.0f}% of matmul " \
+                    f"({min(r['matmul'] for r in rs):.0f}–{max(r['matmul'] for r in rs):.0f} " \
+                    "GFLOP/s)"
+            ratio = ""
+        else:
+            ratios = [t / o for t, o in zip(times, ref)]
+            ratio = f"{statistics.median(ratios):.2f}× [{min(ratios):.2f}–{max(ratios):.2f}]"
+            extra = ""
+            if impl.startswith("nt-"):
+                key = impl[3:]
+                extra = f"compile {info['compile_s'].get(key, float('nan')):.1f} s"
+        peak = max(r["peak_mib"] for r in rs)
+        out.append(f"| {info['label']} | {size} | {impl} | {min(times):.3f} | "
+                   f"{statistics.median(times):.3f} | {peak:.0f} | {ratio} | {extra} |")
+    if info["check"] is not None:
+        out.append(f"| {info['label']} | {n} | kernel check | | | | | neural-tangents vs "
+                   f"ntkpipe: rel. diff {info['check']:.1e} |")
     return out
-
-
-def describe(case: dict) -> str:
-    """Human-readable name of a case."""
-    if case["arch"] == "mlp":
-        widths = "→".join([str(case["in"])] + [str(case["width"])] * case["depth"] + ["10"])
-        return f"MLP {widths}, N={case['n']}, {case['mode']}"
-    return f"{case['arch']} w={case['width']} 3×32×32, N={case['n']}, {case['mode']}"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="a one-minute subset")
-    parser.add_argument("--readme", type=Path, help="write the table into this Markdown file")
-    parser.add_argument("--ref-limit", type=float, default=None,
-                        help="skip torch.func cases estimated to take longer (s)")
-    parser.add_argument("--only", help="run only the cases whose name contains this text "
-                                       "(e.g. 'cnn')")
-    parser.add_argument("--case", help=argparse.SUPPRESS)
+    parser.add_argument("--cases", default=",".join(CASES))
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true", help="N = 64 (ViT 16), one round")
+    parser.add_argument("--nt-python", default=os.environ.get("NT_PYTHON"),
+                        help="python of an environment with neural-tangents (optional)")
+    parser.add_argument("--nt-impls", default="1,3", help="neural-tangents implementations")
     args = parser.parse_args()
-    if args.case:
-        print(json.dumps(run_case(json.loads(args.case))))
-        return
-    ref_limit = args.ref_limit or (10.0 if args.quick else 240.0)
-    machine_gflops = matmul_gflops()
-    avail = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
-    header = ("| case | implementation | time (s) | peak mem (MiB) | GFLOP/s | % of matmul peak "
-              "| speed-up vs torch.func |")
-    lines = [header, "|" + " --- |" * 7]
+    rounds = 1 if args.quick else args.rounds
+    peer = Peer(args.nt_python) if args.nt_python else None
+    nt_impls = [int(k) for k in args.nt_impls.split(",")]
+    header = ("| case | N | implementation | best (s) | median (s) | peak MiB | slower than "
+              "ntkpipe (median [range] of rounds) | notes |")
+    lines = [header, "|" + " --- |" * 8]
     print(header, flush=True)
-    engine_times: dict[str, float] = {}
-    for case in cases(args.quick):
-        name = describe(case)
-        if args.only and args.only not in name:
-            continue
-        if case["impl"] == "torch.func":
-            est_s, est_b = reference_estimate(case, machine_gflops)
-            if est_s > ref_limit or est_b > 0.6 * avail:
-                row = (f"| {name} | torch.func | skipped (est. {est_s:.0f} s, "
-                       f"{est_b / 2 ** 30:.1f} GiB) | | | | |")
+    try:
+        for name in args.cases.split(","):
+            for row in rows(run_case(name, rounds, peer, args.quick, nt_impls)):
                 lines.append(row)
                 print(row, flush=True)
-                continue
-        proc = subprocess.run([sys.executable, __file__, "--case", json.dumps(case)],
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            row = f"| {name} | {case['impl']} | failed: {proc.stderr.strip().splitlines()[-1]} |"
-        else:
-            r = json.loads(proc.stdout.strip().splitlines()[-1])
-            speed = ""
-            if case["impl"] == "auto":
-                engine_times[name] = r["time"]
-            elif case["impl"] == "torch.func" and name in engine_times:
-                speed = f"{r['time'] / engine_times[name]:.0f}×"
-            gf = f"{r['gflops']:.0f}" if r["gflops"] else ""
-            pct = f"{100 * r['gflops'] / r['matmul_gflops']:.0f}% of {r['matmul_gflops']:.0f}" \
-                if r["gflops"] else ""
-            row = (f"| {name} | {case['impl']} | {r['time']:.3f} | {r['peak_mib']:.0f} | {gf} | "
-                   f"{pct} | {speed} |")
-        lines.append(row)
-        print(row, flush=True)
-    machine = (f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-               f"torch {torch.__version__} ({torch.get_num_threads()} threads), fp32 matmul "
-               f"4096² measured at {machine_gflops:.0f} GFLOP/s")
-    print(f"\n{machine}")
-    if args.readme:
-        write_readme(args.readme, lines, machine, args.quick)
-
-
-def write_readme(path: Path, lines: list[str], machine: str, quick: bool) -> None:
-    """The table, the machine and the command, as Markdown."""
-    command = "python benchmarks/ntk_bench.py" + (" --quick" if quick else "") + \
-        f" --readme {path}"
-    path.write_text("\n".join([
-        "# NTK engine benchmark", "",
-        f"Machine: {machine}.", "",
-        f"Command: `{command}`", "",
-        *lines, "",
-    ]))
+    finally:
+        if peer is not None:
+            peer.close()
+    print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
+          f"torch {torch.__version__} ({torch.get_num_threads()} threads), float32, "
+          f"{rounds} round(s)")
 
 
 if __name__ == "__main__":

@@ -17,7 +17,8 @@ IN_SHAPE = (3, 8, 8)
 
 
 def _gained_layers(model: nn.Module) -> list[nn.Module]:
-    return [m for m in model.modules() if isinstance(m, (Dense, Conv2d))]
+    return [m for m in model.modules()
+            if isinstance(m, (Dense, Conv2d, models.PositionEmbedding))]
 
 
 # ---- Dense ------------------------------------------------------------------------------------
@@ -138,8 +139,12 @@ def test_build_model_output_shape_and_parametrisation(arch, regime):
     expected = "ntk" if regime == "lazy" else "standard"
     layers = _gained_layers(model)
     assert layers and all(m.parametrization == expected for m in layers)
-    # every parameter belongs to a gained layer (the NTK engine reads their gains)
-    assert sum(p.numel() for m in layers for p in m.parameters()) == models.parameter_count(model)
+    # every parameter belongs to a gained layer (the NTK engine reads their gains), or to a
+    # LayerNorm (the ViT's; its γ, β carry no gain)
+    norms = sum(p.numel() for m in model.modules() if isinstance(m, nn.LayerNorm)
+                for p in m.parameters())
+    assert sum(p.numel() for m in layers for p in m.parameters()) + norms == \
+        models.parameter_count(model)
 
 
 def test_mlp_structure_and_parameter_count():
@@ -261,3 +266,76 @@ def test_activation_module():
     assert isinstance(models.activation_module("linear"), nn.Identity)
     with pytest.raises(ValueError, match="activation"):
         models.activation_module("softplus")
+
+
+# ---- ViT --------------------------------------------------------------------------------------
+
+def _vit(**kw) -> nn.Module:
+    args = dict(width=8, depth=2, activation="gelu", regime="lazy", patch_size=4, heads=2,
+                mlp_ratio=1.5, seed=0)
+    args.update(kw)
+    return build_model("vit", IN_SHAPE, 5, **args)
+
+
+def test_vit_structure_tokens_and_gains():
+    model = _vit()
+    assert [name for name, _ in model.named_children()] == [
+        "patch", "tokens", "position", "block0", "block1", "norm", "pool", "head"]
+    assert model.position.weight.shape == (4, 8)  # (8/4)² tokens of width 8
+    assert model.patch.kernel_size == (4, 4) and model.patch.stride == (4, 4)
+    assert model.block0.attention.heads == 2
+    assert model.block0.mlp[0].out_features == 12  # round(1.5 · 8)
+    assert isinstance(model.block0.mlp[1], nn.GELU)
+    assert model.patch.weight_gain == pytest.approx(1 / math.sqrt(3 * 16))
+    assert model.block0.attention.qkv.weight_gain == pytest.approx(1 / math.sqrt(8))
+    assert model.position.weight_gain == 0.1  # NTK: N(0, 1) times σ_b
+    standard = _vit(regime="feature")
+    assert standard.position.weight_gain == 1.0
+    assert standard.position.weight.std().item() < 0.05  # N(0, 0.02²)
+
+
+def test_vit_attention_equals_a_direct_computation():
+    torch.manual_seed(1)
+    attn = models.SelfAttention(6, 2)
+    x = torch.randn(3, 5, 6)
+    q, k, v = (x @ attn.qkv.weight.T + attn.qkv.bias).split(6, dim=-1)
+    heads = [torch.softmax(q[..., h:h + 3] @ k[..., h:h + 3].transpose(1, 2) / math.sqrt(3), -1)
+             @ v[..., h:h + 3] for h in (0, 3)]
+    expected = torch.cat(heads, -1) @ attn.proj.weight.T + attn.proj.bias
+    torch.testing.assert_close(attn(x), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_vit_block_is_pre_layernorm_residual():
+    torch.manual_seed(2)
+    block = models.TransformerBlock(4, 2, 8, "relu")
+    x = torch.randn(2, 3, 4)
+    h = x + block.attention(block.norm1(x))
+    torch.testing.assert_close(block(x), h + block.mlp(block.norm2(h)))
+
+
+def test_vit_default_heads_divide_the_width():
+    assert _vit(width=6, heads=None).block0.attention.heads == 3
+    assert _vit(width=5, heads=None).block0.attention.heads == 1
+    assert _vit(width=8, heads=None).block0.attention.heads == 4
+
+
+@pytest.mark.parametrize("kw, match", [
+    (dict(patch_size=3), "patch_size 3 must divide the image size 8×8"),
+    (dict(patch_size=0), "patch_size"),
+    (dict(width=6, heads=4), "divisible by heads"),
+    (dict(depth=0), "depth"),
+    (dict(activation="softplus"), "activation"),
+])
+def test_vit_bad_options(kw, match):
+    with pytest.raises(ValueError, match=match):
+        _vit(**kw)
+
+
+def test_vit_needs_images():
+    with pytest.raises(ValueError, match=r"vit needs images \(C, H, W\)"):
+        build_model("vit", (64,), 3, width=8, depth=1, activation="gelu", regime="lazy")
+
+
+def test_gelu_is_for_vit_only():
+    with pytest.raises(ValueError, match="activation"):
+        build_model("mlp", IN_SHAPE, 3, width=4, depth=1, activation="gelu", regime="lazy")

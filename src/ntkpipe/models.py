@@ -9,11 +9,18 @@ Standard parametrisation (regime "feature"): gains 1, torch's default Kaiming-un
 NTK parametrisation (regime "lazy"): W, b ~ N(0, 1), weight_gain = σ_w / √fan_in,
 bias_gain = σ_b (Jacot et al. 2018, eq. 1; the convention of neural-tangents' `stax`).
 The NTK engine reads the gains, so both parametrisations get exact factorised kernels.
+
+`arch: vit` is a small Vision Transformer (Dosovitskiy et al. 2020, "An image is worth 16x16
+words", arXiv:2010.11929): a patch-embedding convolution, learned position embeddings,
+pre-LayerNorm blocks of multi-head self-attention and an MLP, a final LayerNorm, the mean over
+tokens and a linear head. Its Dense and Conv2d layers take the parametrisation's gains; the
+attention logits are scaled by 1/√d_head in both parametrisations.
 """
 
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from typing import Sequence
 
 import torch
@@ -22,7 +29,7 @@ from torch.nn import functional as F
 
 REGIMES = ("lazy", "feature")
 ACTIVATIONS = ("relu", "tanh", "linear")
-ARCHS = ("mlp", "cnn", "cnn-relu")
+ARCHS = ("mlp", "cnn", "cnn-relu", "vit")
 
 
 class _Gained:
@@ -90,6 +97,77 @@ class Conv2d(nn.Conv2d, _Gained):
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, parametrization={self.parametrization}"
+
+
+class PositionEmbedding(nn.Module):
+    """Learned per-token embedding added to the tokens: y = x + weight_gain · E, E (T, width).
+
+    Standard parametrisation: E ~ N(0, 0.02²), gain 1 (the ViT convention); NTK
+    parametrisation: E ~ N(0, 1), gain `std` (a per-token bias, like the other biases' σ_b)."""
+
+    def __init__(self, tokens: int, width: int, *, parametrization: str = "standard",
+                 std: float = 0.1) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(tokens, width))
+        if parametrization == "ntk":
+            nn.init.normal_(self.weight)
+            self.weight_gain = std
+        elif parametrization == "standard":
+            nn.init.normal_(self.weight, std=0.02)
+            self.weight_gain = 1.0
+        else:
+            raise ValueError(f"parametrization must be 'ntk' or 'standard', got {parametrization!r}")
+        self.parametrization = parametrization
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + (self.weight if self.weight_gain == 1.0 else self.weight_gain * self.weight)
+
+
+class PatchTokens(nn.Module):
+    """Patch-embedding feature map (N, width, h, w) to tokens (N, h·w, width)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.flatten(2).transpose(1, 2)
+
+
+class TokenMean(nn.Module):
+    """Mean over tokens: (N, T, width) to (N, width)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x.mean(1)
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention, softmax(q kᵀ / √d_head) v, with Dense projections."""
+
+    def __init__(self, width: int, heads: int, **dense: object) -> None:
+        super().__init__()
+        self.heads = heads
+        self.qkv = Dense(width, 3 * width, **dense)
+        self.proj = Dense(width, width, **dense)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, t, w = x.shape
+        q, k, v = self.qkv(x).view(n, t, 3, self.heads, w // self.heads).permute(2, 0, 3, 1, 4)
+        weights = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(w // self.heads), dim=-1)
+        return self.proj((weights @ v).transpose(1, 2).reshape(n, t, w))
+
+
+class TransformerBlock(nn.Module):
+    """Pre-LayerNorm block: x + attention(LN(x)), then x + MLP(LN(x))."""
+
+    def __init__(self, width: int, heads: int, hidden: int, activation: str,
+                 **dense: object) -> None:
+        super().__init__()
+        act = nn.GELU() if activation == "gelu" else activation_module(activation)
+        self.norm1 = nn.LayerNorm(width)
+        self.attention = SelfAttention(width, heads, **dense)
+        self.norm2 = nn.LayerNorm(width)
+        self.mlp = nn.Sequential(Dense(width, hidden, **dense), act, Dense(hidden, width, **dense))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attention(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
 
 
 def activation_module(name: str) -> nn.Module:
@@ -171,14 +249,49 @@ def make_cnn_relu(in_shape: Sequence[int], num_outputs: int, *, width: int = 32,
     return nn.Sequential(*layers)
 
 
+def make_vit(in_shape: Sequence[int], width: int, depth: int, num_outputs: int, *,
+             patch_size: int = 4, heads: int | None = None, mlp_ratio: float = 4.0,
+             activation: str = "gelu", parametrization: str = "standard", bias: bool = True,
+             bias_std: float = 0.1) -> nn.Sequential:
+    """Small ViT on (C, H, W) images: `depth` blocks of `width` channels and `heads` heads
+    (None: the largest of 4, 3, 2, 1 that divides width), patches of patch_size × patch_size,
+    MLP hidden size round(mlp_ratio · width)."""
+    if heads is None:
+        heads = next(h for h in (4, 3, 2, 1) if width % h == 0) if width >= 1 else 1
+    if len(in_shape) != 3:
+        raise ValueError(f"vit needs images (C, H, W), got in_shape {tuple(in_shape)}")
+    c, h, w = in_shape
+    if patch_size < 1 or h % patch_size or w % patch_size:
+        raise ValueError(f"vit patch_size {patch_size} must divide the image size {h}×{w}")
+    if depth < 1 or width < 1 or heads < 1 or width % heads:
+        raise ValueError(f"vit needs depth ≥ 1 and a width divisible by heads ≥ 1, got "
+                         f"depth={depth}, width={width}, heads={heads}")
+    hidden = round(mlp_ratio * width)
+    if hidden < 1:
+        raise ValueError(f"vit mlp_ratio · width must be ≥ 1, got {mlp_ratio} · {width}")
+    dense = dict(bias=bias, parametrization=parametrization, bias_std=bias_std)
+    layers: list[tuple[str, nn.Module]] = [
+        ("patch", Conv2d(c, width, patch_size, stride=patch_size, **dense)),
+        ("tokens", PatchTokens()),
+        ("position", PositionEmbedding((h // patch_size) * (w // patch_size), width,
+                                       parametrization=parametrization, std=bias_std))]
+    layers += [(f"block{i}", TransformerBlock(width, heads, hidden, activation, **dense))
+               for i in range(depth)]
+    layers += [("norm", nn.LayerNorm(width)), ("pool", TokenMean()),
+               ("head", Dense(width, num_outputs, **dense))]
+    return nn.Sequential(OrderedDict(layers))
+
+
 def build_model(arch: str, in_shape: Sequence[int], num_outputs: int, *, width: int,
                 depth: int, activation: str, regime: str, bias: bool = True,
-                bias_std: float = 0.1, seed: int = 0) -> nn.Sequential:
+                bias_std: float = 0.1, seed: int = 0, patch_size: int = 4,
+                heads: int | None = None, mlp_ratio: float = 4.0) -> nn.Sequential:
     """The network of one run, initialised from `seed` (regime 'lazy' = NTK parametrisation,
-    'feature' = standard parametrisation with Kaiming-uniform init)."""
+    'feature' = standard parametrisation with Kaiming-uniform init). `patch_size`, `heads` and
+    `mlp_ratio` shape `arch='vit'` only, whose activation may also be 'gelu'."""
     if regime not in REGIMES:
         raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
-    if activation not in ACTIVATIONS:
+    if activation not in ACTIVATIONS and not (arch == "vit" and activation == "gelu"):
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     if arch == "cnn-relu" and activation != "relu":
         raise ValueError(f"cnn-relu is a ReLU network; activation must be 'relu', got {activation!r}")
@@ -197,6 +310,10 @@ def build_model(arch: str, in_shape: Sequence[int], num_outputs: int, *, width: 
         if arch == "cnn-relu":
             return make_cnn_relu(in_shape, num_outputs, width=width,
                                  parametrization=parametrization, bias=bias, bias_std=bias_std)
+        if arch == "vit":
+            return make_vit(in_shape, width, depth, num_outputs, patch_size=patch_size,
+                            heads=heads, mlp_ratio=mlp_ratio, activation=activation,
+                            parametrization=parametrization, bias=bias, bias_std=bias_std)
         raise ValueError(f"arch must be one of {ARCHS}, got {arch!r}")
 
 

@@ -2,20 +2,22 @@
 
     Θ[(i,a),(j,b)] = ∂f_a(x1_i)/∂θ · ∂f_b(x2_j)/∂θ        (Jacot et al. 2018, eq. 4)
 
-The kernel is a sum over parametrised modules. For a linear layer y = g_w·W x + g_b·b with
-inputs A and output cotangents G_a = ∂f_a/∂y, the gradient is ∂f_a/∂W = g_w G_a ⊗ A, hence
-
-    Θ_layer[(i,a),(j,b)] = (g_w² ⟨A1_i, A2_j⟩ + g_b²) · ⟨G1_ai, G2_bj⟩
-
-and a convolution is the same sum over its output positions p, q with A the unfolded input
-patches (Novak et al. 2022, "Fast finite width NTK", structured derivatives). Where that sum
-over positions costs more than the explicit per-layer Jacobian Σ_p G_p ⊗ patch_p, the engine
-forms the Jacobian of that layer alone, in chunks of samples. Any other module with parameters
-gets its exact per-sample Jacobian by `torch.func`.
+The kernel is a sum over parametrised modules. One forward pass per chunk of samples and one
+backward pass carrying every output direction at once (`ntk_backward`) give each module's input
+and output cotangents; `ntk_layers` turns them into features and contracts them in the form
+its FLOP model finds cheapest: over position pairs (the unfolded-patch form), through the
+layer's own Jacobian, or — when the layer reaches a linear readout through per-channel maps
+only — through the readout (Novak et al. 2022, arXiv:2206.08720, structured derivatives).
 
 Implementations (`implementation=`): "auto" (per-layer choice by FLOP count), "factorised"
-(factorised form for every Linear/Conv2d), "jacobian" (explicit per-layer Jacobians),
-"reference" (`torch.func` vmap+jacrev over all parameters, then contraction).
+(the position-pair form for every Linear/Conv2d), "jacobian" (explicit per-layer Jacobians),
+"structured" (the readout form wherever it applies, else as "auto"), "reference"
+(`torch.func` vmap+jacrev over all parameters, then contraction, chunked over samples).
+
+When x2 is x1 only the upper block triangle of the kernel is computed (diagonal tiles split
+down to small ones) and mirrored; all layers accumulate in place into one tile, which is
+written once into the result. `max_memory` bounds the peak extra memory (the result excluded):
+samples are chunked to fit, or the call is refused with the size one block needs.
 """
 
 from __future__ import annotations
@@ -28,14 +30,18 @@ from typing import Iterator
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, jacrev, vjp, vmap
-from torch.nn import functional as F
+from torch.func import functional_call, jacrev, vmap
 
-from ntkpipe.models import Conv2d as GainedConv2d, Dense
+from ntkpipe.ntk_backward import Chain, backward, forward_tape, plan_chain
+from ntkpipe.ntk_layers import (LayerSpec, add_block, build_elems, choose_form, feature_elems,
+                                layer_features, pair_elems, readout_features)
 
 MODES = ("full", "trace", "per_output", "sum_logits")
-IMPLEMENTATIONS = ("auto", "factorised", "jacobian", "reference")
+IMPLEMENTATIONS = ("auto", "factorised", "jacobian", "structured", "reference")
 DEFAULT_MEMORY_FRACTION = 0.5
+# Gram rows per diagonal leaf tile: smaller matmuls lose more than symmetry saves (and on a
+# shared machine every small parallel op waits for the busier core).
+LEAF_ROWS = 512
 
 
 # ---------------------------------------------------------------------------------------------
@@ -55,17 +61,20 @@ def empirical_ntk(model: nn.Module, x1: Tensor, x2: Tensor | None = None, *, mod
       - "per_output": (O, N1, N2), Θ[i, j, c, c] for each output c;
       - "sum_logits": (N1, N2), the kernel of Σ_a f_a, i.e. Σ_{a,b} Θ[i, j, a, b].
     Computed on the model's device in `dtype` (default: the parameters' dtype), with TF32 off
-    unless `allow_tf32`. `max_memory` caps the extra memory in bytes (the result excluded);
-    by default half of the available memory. The caller's model is left as it was.
+    unless `allow_tf32`. `max_memory` caps the extra memory in bytes (the result excluded) for
+    every implementation; by default half of the available memory. `strict=True` refuses
+    parametrised modules without a factorised rule. The caller's model is left as it was.
     """
     _check_options(mode, implementation, max_memory)
-    with _computation_context(model, x1, x2, dtype, allow_tf32) as (net, x1, x2, symmetric):
+    with _computation_context(model, x1, x2, dtype, allow_tf32) as (net, x1, x2, symmetric,
+                                                                     fixed):
         output_dim = _check_inputs(net, x1, x2)
+        budget = max_memory if max_memory is not None else _default_budget(x1.device)
         if implementation == "reference":
-            return _reference(net, x1, None if symmetric else x2, mode, per_layer)
-        specs = _plan_layers(net, x1, output_dim, mode, implementation, strict)
-        return _factorised_ntk(net, specs, x1, x2, symmetric, output_dim, mode, per_layer,
-                               max_memory)
+            return _reference(net, x1, None if symmetric else x2, mode, per_layer,
+                              budget - fixed)
+        plan = _plan(net, x1, x2, symmetric, output_dim, mode, implementation, strict)
+        return _engine(plan, x1, x2, symmetric, mode, per_layer, budget - fixed)
 
 
 def reference_ntk(model: nn.Module, x1: Tensor, x2: Tensor | None = None, *,
@@ -74,9 +83,9 @@ def reference_ntk(model: nn.Module, x1: Tensor, x2: Tensor | None = None, *,
     """The torch.func recipe (vmap + jacrev over all parameters, then contract): slow, obviously
     correct; same output contract as `empirical_ntk`."""
     _check_options(mode, "reference", None)
-    with _computation_context(model, x1, x2, dtype, False) as (net, x1, x2, symmetric):
+    with _computation_context(model, x1, x2, dtype, False) as (net, x1, x2, symmetric, _):
         _check_inputs(net, x1, x2)
-        return _reference(net, x1, None if symmetric else x2, mode, per_layer)
+        return _reference(net, x1, None if symmetric else x2, mode, per_layer, None)
 
 
 def layer_names(model: nn.Module) -> list[str]:
@@ -107,9 +116,9 @@ def _parametrised_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
 @contextlib.contextmanager
 def _computation_context(model: nn.Module, x1: Tensor, x2: Tensor | None,
                          dtype: torch.dtype | None, allow_tf32: bool
-                         ) -> Iterator[tuple[nn.Module, Tensor, Tensor, bool]]:
-    """Model (a cast copy if needed) and inputs on the model's device; TF32 flags and the
-    model's buffers restored on exit."""
+                         ) -> Iterator[tuple[nn.Module, Tensor, Tensor, bool, int]]:
+    """Model (a cast copy if needed) and inputs on the model's device, and the bytes those
+    copies take; TF32 flags and the model's buffers restored on exit."""
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     for name, x in (("x1", x1), ("x2", x2)):
@@ -124,14 +133,18 @@ def _computation_context(model: nn.Module, x1: Tensor, x2: Tensor | None,
     if not dtype.is_floating_point:
         raise TypeError(f"dtype must be a floating-point dtype, got {dtype}")
     net = model if dtype == model_dtype else copy.deepcopy(model).to(dtype)
+    fixed = 0 if net is model else sum(t.numel() * t.element_size()
+                                       for t in (*net.parameters(), *net.buffers()))
+    inputs = [x1] if symmetric else [x1, x2]
     x1 = _cast_input(x1, device, dtype)
     x2 = x1 if symmetric else _cast_input(x2, device, dtype)
+    fixed += sum(c.numel() * c.element_size() for c, x in zip((x1, x2), inputs) if c is not x)
     buffers = {k: b.clone() for k, b in net.named_buffers()}
     flags = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
     torch.backends.cuda.matmul.allow_tf32 = allow_tf32
     torch.backends.cudnn.allow_tf32 = allow_tf32
     try:
-        yield net, x1, x2, symmetric
+        yield net, x1, x2, symmetric, fixed
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = flags
         with torch.no_grad():  # eval-mode forwards never touch buffers; train-mode BN would
@@ -167,13 +180,15 @@ def _check_inputs(net: nn.Module, x1: Tensor, x2: Tensor) -> int:
 
 
 # ---------------------------------------------------------------------------------------------
-# Reference: torch.func recipe
+# Reference: the torch.func recipe, chunked over samples to keep the budget
 # ---------------------------------------------------------------------------------------------
 
-def _reference(net: nn.Module, x1: Tensor, x2: Tensor | None, mode: str,
-               per_layer: bool) -> Tensor:
+def _reference(net: nn.Module, x1: Tensor, x2: Tensor | None, mode: str, per_layer: bool,
+               budget: int | None) -> Tensor:
     """vmap(jacrev) Jacobians of every parameter, contracted per module."""
     params = {k: p.detach() for k, p in net.named_parameters() if p.requires_grad}
+    names = layer_names(net)
+    owner = {k: names.index(k.rsplit(".", 1)[0] if "." in k else "") for k in params}
 
     def f_single(p: dict[str, Tensor], x: Tensor) -> Tensor:
         return functional_call(net, p, (x.unsqueeze(0),)).squeeze(0)
@@ -181,16 +196,50 @@ def _reference(net: nn.Module, x1: Tensor, x2: Tensor | None, mode: str,
     def jacobians(x: Tensor) -> dict[str, Tensor]:
         return vmap(jacrev(f_single), (None, 0))(params, x)
 
-    j1 = jacobians(x1)
-    j2 = j1 if x2 is None else jacobians(x2)
-    names = layer_names(net)
-    parts = {name: None for name in names}
-    for key in params:
-        owner = key.rsplit(".", 1)[0] if "." in key else ""
-        part = torch.einsum("iaf,jbf->ijab", j1[key].flatten(2), j2[key].flatten(2))
-        parts[owner] = part if parts[owner] is None else parts[owner] + part
-    full = torch.stack([parts[name] for name in names]) if per_layer else sum(parts.values())
-    return _reduce_full(full, mode)
+    xb = x1 if x2 is None else x2
+    n1, n2 = x1.shape[0], xb.shape[0]
+    o = net(x1[:1]).shape[1]
+    chunk = _reference_chunk(net, x1, params, o, max(n1, n2), budget)
+    shape = _result_shape(mode, n1, n2, o)
+    result = torch.zeros(((len(names),) if per_layer else ()) + shape, dtype=x1.dtype,
+                         device=x1.device)
+    for r1 in _ranges(n1, chunk):
+        j1 = jacobians(x1[r1.start:r1.stop])
+        for r2 in _ranges(n2, chunk):
+            j2 = j1 if x2 is None and r1 == r2 else jacobians(xb[r2.start:r2.stop])
+            for key in params:
+                part = torch.einsum("iaf,jbf->ijab", j1[key].flatten(2), j2[key].flatten(2))
+                target = result[owner[key]] if per_layer else result
+                _index(target, mode, r1, r2).add_(_reduce_full(part, mode))
+            del j2
+    return result
+
+
+def _reference_chunk(net: nn.Module, x: Tensor, params: dict[str, Tensor], o: int, n: int,
+                     budget: int | None) -> int:
+    """Samples per chunk of the reference: two chunks' Jacobians (with vmap's copies and the
+    batched activations) and a block must fit the budget."""
+    if budget is None:
+        return n
+    n_params = sum(p.numel() for p in params.values())
+    act = [x[0].numel()]
+    handles = [m.register_forward_hook(lambda m, a, out: act.append(out[0].numel()))
+               for m in net.modules() if not any(True for _ in m.children())]
+    try:
+        with torch.no_grad():
+            net(x[:1])
+    finally:
+        for h in handles:
+            h.remove()
+    per_sample = 3 * o * n_params + 4 * o * sum(act)
+    largest = max(c for c in range(1, n + 1) if c == 1 or
+                  x.element_size() * (2 * c * per_sample + 3 * c * c * o * o) <= budget)
+    need = x.element_size() * (2 * per_sample + 3 * o * o)
+    if need > budget:
+        raise ValueError(f"max_memory={budget} bytes is too small for one block of the reference "
+                         f"implementation: it needs about {need} bytes (a {o}×{n_params} "
+                         "Jacobian per sample)")
+    return largest
 
 
 def _reduce_full(full: Tensor, mode: str) -> Tensor:
@@ -202,78 +251,37 @@ def _reduce_full(full: Tensor, mode: str) -> Tensor:
     diag = full.diagonal(dim1=-2, dim2=-1)  # (..., N1, N2, O)
     if mode == "trace":
         return diag.mean(-1)
-    return diag.movedim(-1, -3).contiguous()
+    return diag.movedim(-1, -3)
+
+
+def _index(result: Tensor, mode: str, r1: range, r2: range) -> Tensor:
+    """The block of rows r1 and columns r2 of a result of `mode`."""
+    i, j = slice(r1.start, r1.stop), slice(r2.start, r2.stop)
+    return result[:, i, j] if mode == "per_output" else result[i, j]
+
+
+def _result_shape(mode: str, n1: int, n2: int, o: int) -> tuple[int, ...]:
+    """The public shape of a kernel of `mode`."""
+    return {"full": (n1, n2, o, o), "per_output": (o, n1, n2)}.get(mode, (n1, n2))
 
 
 # ---------------------------------------------------------------------------------------------
-# Planning: one LayerSpec per parametrised module
+# Planning
 # ---------------------------------------------------------------------------------------------
 
 @dataclass
-class LayerSpec:
-    """How one parametrised module contributes to the kernel."""
+class _Plan:
+    """The chain, its layers with their forms, the backpropagated directions, the layer names."""
 
-    name: str
-    module: nn.Module
-    kind: str              # "linear", "conv" or "other"
-    form: str              # "factorised" or "jacobian"
-    weight_gain: float = 1.0
-    bias_gain: float = 1.0
-    train_weight: bool = False
-    train_bias: bool = False
-    positions: int = 1     # P: output positions sharing the weight
-    fan_in: int = 0        # d: patch / input size
-    fan_out: int = 0       # c: output channels / features
-    n_params: int = 0      # D: trainable scalars of the module
-    out_numel: int = 0     # per-sample output size
-    in_numel: int = 0      # per-sample input size
-    activations: int = 0   # per-sample size of all leaf-module outputs of the model
+    chain: Chain
+    cot: Tensor           # (O', O): one-hot rows, or one all-ones row for "sum_logits"
+    names: list[str]      # layer_names order; per-layer results index by it
+    output_dim: int
 
 
-def _module_kind(module: nn.Module) -> str:
-    """'linear' / 'conv' where the factorised form applies exactly, else 'other'."""
-    if type(module) in (nn.Linear, Dense):
-        return "linear"
-    if (type(module) in (nn.Conv2d, GainedConv2d) and module.groups == 1
-            and module.padding_mode == "zeros" and not isinstance(module.padding, str)):
-        return "conv"
-    return "other"
-
-
-def _probe(net: nn.Module, x: Tensor, modules: list[tuple[str, nn.Module]]
-           ) -> tuple[dict[str, tuple[Tensor, Tensor]], int]:
-    """One-sample forward recording each parametrised module's input and output, plus the
-    total per-sample size of all leaf-module outputs (activations kept for backward)."""
-    seen: dict[str, tuple[Tensor, Tensor]] = {}
-    act = [0]
-
-    def record(name: str):
-        def hook(module: nn.Module, args: tuple, output: Tensor) -> None:
-            if name in seen:
-                raise ValueError(f"module {name!r} is called more than once per forward pass "
-                                 "(weight sharing): use implementation='reference'")
-            seen[name] = (args, output)
-        return hook
-
-    def count(module: nn.Module, args: tuple, output: Tensor) -> None:
-        if isinstance(output, Tensor):
-            act[0] += output.numel()
-
-    handles = [m.register_forward_hook(record(name)) for name, m in modules]
-    handles += [m.register_forward_hook(count) for m in net.modules()
-                if not any(True for _ in m.children())]
-    try:
-        with torch.no_grad():
-            net(x[:1])
-    finally:
-        for h in handles:
-            h.remove()
-    return seen, act[0]
-
-
-def _plan_layers(net: nn.Module, x: Tensor, output_dim: int, mode: str, implementation: str,
-                 strict: bool) -> list[LayerSpec]:
-    """Classify each parametrised module and pick its form (factorised or Jacobian)."""
+def _plan(net: nn.Module, x1: Tensor, x2: Tensor, symmetric: bool, output_dim: int, mode: str,
+          implementation: str, strict: bool) -> _Plan:
+    """Steps, layer specs and each layer's form."""
     modules = _parametrised_modules(net)
     owners: dict[int, str] = {}
     for name, module in modules:
@@ -281,339 +289,183 @@ def _plan_layers(net: nn.Module, x: Tensor, output_dim: int, mode: str, implemen
             if owners.setdefault(id(p), name) != name:
                 raise ValueError(f"a parameter is shared by modules {owners[id(p)]!r} and "
                                  f"{name!r}: use implementation='reference'")
-    seen, act = _probe(net, x, modules)
-    n_out = 1 if mode == "sum_logits" else output_dim
-    pairs = n_out * n_out if mode in ("full", "sum_logits") else n_out
-    specs = []
-    for name, module in modules:
-        kind = _module_kind(module)
-        if kind == "other" and strict:
-            raise TypeError(f"module {name!r} of type {type(module).__name__} has parameters but "
-                            "no factorised NTK rule (strict=True); supported: nn.Linear, "
-                            "nn.Conv2d (groups=1, zero padding), ntkpipe.models.Dense/Conv2d")
-        spec = LayerSpec(name, module, kind, "jacobian",
-                         n_params=sum(p.numel() for p in module.parameters(recurse=False)
-                                      if p.requires_grad))
-        spec.activations = act
-        if name in seen:
-            args, out = seen[name]
-            spec.out_numel = out.numel() if isinstance(out, Tensor) else 0
-            spec.in_numel = sum(a.numel() for a in args if isinstance(a, Tensor))
-        if kind != "other":
-            _fill_linear_conv(spec, seen.get(name))
-            if implementation == "factorised":
-                spec.form = "factorised"
-            elif implementation == "auto":
-                spec.form = _cheaper_form(spec, pairs)
-        specs.append(spec)
-    return specs
-
-
-def _fill_linear_conv(spec: LayerSpec, record: tuple | None) -> None:
-    """Gains, trainable flags and sizes (P, d, c) of a Linear or Conv2d."""
-    m = spec.module
-    spec.weight_gain = float(getattr(m, "weight_gain", 1.0))
-    spec.bias_gain = float(getattr(m, "bias_gain", 1.0))
-    spec.train_weight = m.weight.requires_grad
-    spec.train_bias = m.bias is not None and m.bias.requires_grad
-    spec.fan_out = m.weight.shape[0]
-    spec.fan_in = m.weight[0].numel()
-    if record is not None:
-        out = record[1]
-        spec.positions = out[0, 0].numel() if spec.kind == "conv" else out[0, ..., 0].numel()
-
-
-def _cheaper_form(spec: LayerSpec, pairs: int) -> str:
-    """Factorised or Jacobian form of a layer, by FLOPs per pair of samples (N1·N2 terms;
-    the Jacobian's per-sample construction is amortised over the other side's samples)."""
-    p, d, c = spec.positions, spec.fan_in, spec.fan_out
-    factorised = p * p * (d + pairs * (c + (1 if p > 1 else 0)))
-    jacobian = pairs * (c * d + c)
-    return "factorised" if factorised <= jacobian else "jacobian"
-
-
-# ---------------------------------------------------------------------------------------------
-# Per-chunk features: inputs, output cotangents, per-layer Jacobians
-# ---------------------------------------------------------------------------------------------
-
-def _cotangents(mode: str, output_dim: int, like: Tensor) -> Tensor:
-    """Rows are the output directions backpropagated: one-hot per output, or all-ones for the
-    kernel of Σ_a f_a."""
-    if mode == "sum_logits":
-        return torch.ones(1, output_dim, dtype=like.dtype, device=like.device)
-    return torch.eye(output_dim, dtype=like.dtype, device=like.device)
-
-
-def _chunk_features(net: nn.Module, specs: list[LayerSpec], x: Tensor, cot: Tensor,
-                    sample_major: bool) -> list[dict[str, Tensor] | None]:
-    """Forward one chunk with hooks, backpropagate every cotangent row, and turn each layer's
-    (input, output cotangent) into its kernel features; G and J are sample-major
-    ((n, O', ...), so that full-kernel Grams reshape without copies) or output-major."""
-    records: dict[str, tuple[tuple, Tensor]] = {}
-
-    def capture(name: str):
-        def hook(module: nn.Module, args: tuple, output: Tensor) -> Tensor:
-            records[name] = (tuple(a.detach().clone() if isinstance(a, Tensor) else a
-                                   for a in args), output)
-            # A clone downstream keeps `output` intact if a later op works in place.
-            return output.clone() if isinstance(output, Tensor) else output
-        return hook
-
-    handles = [spec.module.register_forward_hook(capture(spec.name)) for spec in specs]
-    try:
-        with torch.enable_grad():
-            f = net(x)
-    finally:
-        for h in handles:
-            h.remove()
-    present = [s for s in specs if s.name in records and records[s.name][1].requires_grad]
-    outs = [records[s.name][1] for s in present]
-    grads: list[list[Tensor]] = [[] for _ in present]
-    for k in range(cot.shape[0]):
-        gs = torch.autograd.grad(f, outs, grad_outputs=cot[k].expand_as(f).contiguous(),
-                                 retain_graph=k < cot.shape[0] - 1, allow_unused=True)
-        for store, g, out in zip(grads, gs, outs):
-            store.append(torch.zeros_like(out) if g is None else g)
-    del f, outs
-    inputs = {name: args for name, (args, _) in records.items()}  # frees the graph
-    del records
-    by_name = {s.name: torch.stack(g) for s, g in zip(present, grads)}  # (O', n, *out)
-    del grads
-    features: list[dict[str, Tensor] | None] = []
-    with torch.no_grad():
-        for spec in specs:
-            if spec.name not in by_name:
-                features.append(None)
-                continue
-            feats = _layer_features(spec, inputs[spec.name], by_name.pop(spec.name))
-            if sample_major:
-                feats = {k: v if k == "X" else v.transpose(0, 1).contiguous()
-                         for k, v in feats.items()}
-            features.append(feats)
-    return features
-
-
-def _layer_features(spec: LayerSpec, args: tuple, g: Tensor) -> dict[str, Tensor]:
-    """Features of one layer: patches X (n, P, d) and cotangents G (O', n, P, c) for the
-    factorised form, or the Jacobian J (O', n, D) for the explicit one."""
-    if spec.kind == "other":
-        return {"J": _module_jacobian(spec, args, g)}
-    x = args[0]
-    if spec.kind == "conv":
-        m = spec.module
-        x = F.unfold(x, m.kernel_size, m.dilation, m.padding, m.stride).transpose(1, 2)
-        g = g.flatten(3).transpose(2, 3)  # (O', n, P, c)
-    else:
-        x = x.reshape(x.shape[0], -1, x.shape[-1])
-        g = g.reshape(g.shape[0], g.shape[1], -1, g.shape[-1])
-    if spec.form == "factorised":
-        return {"X": x, "G": g}
-    parts = []
-    if spec.train_weight:  # ∂f/∂W = g_w Σ_p G_p ⊗ X_p
-        jw = torch.matmul(g.transpose(-1, -2), x) if x.shape[1] > 1 else \
-            g.transpose(-1, -2) * x.unsqueeze(0)
-        parts.append(spec.weight_gain * jw.flatten(2))
-    if spec.train_bias:
-        parts.append(spec.bias_gain * g.sum(2))
-    return {"J": torch.cat(parts, dim=2)}
-
-
-def _module_jacobian(spec: LayerSpec, args: tuple, g: Tensor) -> Tensor:
-    """Exact per-sample, per-output Jacobian (O', n, D) of any module's own parameters, as
-    vector-Jacobian products of its output cotangents."""
-    if len(args) != 1 or not isinstance(args[0], Tensor):
-        raise ValueError(f"module {spec.name!r} ({type(spec.module).__name__}) takes "
-                         f"{len(args)} positional inputs; the Jacobian fallback needs exactly one "
-                         "tensor")
-    module = spec.module
-    params = {k: p.detach() for k, p in module.named_parameters(recurse=False) if p.requires_grad}
-
-    def sample_vjp(x: Tensor, cotangent: Tensor) -> Tensor:
-        _, pullback = vjp(lambda p: functional_call(module, p, (x.unsqueeze(0),)).squeeze(0),
-                          params)
-        return torch.cat([v.flatten() for v in pullback(cotangent)[0].values()])
-
-    over_outputs = vmap(sample_vjp, in_dims=(None, 0))
-    return vmap(over_outputs, in_dims=(0, 1), out_dims=1)(args[0], g)
-
-
-# ---------------------------------------------------------------------------------------------
-# Per-block kernels
-# ---------------------------------------------------------------------------------------------
-
-def _block(spec: LayerSpec, f1: dict[str, Tensor], f2: dict[str, Tensor], full: bool,
-           out: Tensor) -> None:
-    """Add one layer's kernel between two chunks to `out`: (n1, O', n2, O') if `full` (features
-    sample-major), else the diagonal blocks (O', n1, n2) (features output-major)."""
-    if "J" in f1:
-        _jacobian_block(f1["J"], f2["J"], full, out)
-    elif f1["X"].shape[1] == 1:
-        _dense_block(spec, f1, f2, full, out)
-    else:
-        _patch_block(spec, f1, f2, full, out)
-
-
-def _jacobian_block(j1: Tensor, j2: Tensor, full: bool, out: Tensor) -> None:
-    """Θ = J1 J2ᵀ."""
-    if full:
-        n1, o, dim = j1.shape
-        n2 = j2.shape[0]
-        out.add_((j1.reshape(n1 * o, dim) @ j2.reshape(n2 * o, dim).T).view(n1, o, n2, o))
-    else:
-        out.baddbmm_(j1, j2.transpose(1, 2))
-
-
-def _input_factor(spec: LayerSpec, x1: Tensor, x2: Tensor) -> Tensor:
-    """S = g_w² X1 X2ᵀ + g_b² over rows of the (flattened) patches."""
-    if spec.train_weight:
-        s = x1 @ x2.T
-        s.mul_(spec.weight_gain ** 2)
-        if spec.train_bias:
-            s.add_(spec.bias_gain ** 2)
-        return s
-    return torch.full((x1.shape[0], x2.shape[0]), spec.bias_gain ** 2, dtype=x1.dtype,
-                      device=x1.device)
-
-
-def _dense_block(spec: LayerSpec, f1: dict[str, Tensor], f2: dict[str, Tensor], full: bool,
-                 out: Tensor) -> None:
-    """(g_w² A1 A2ᵀ + g_b²) ⊙ (G1 G2ᵀ) for one output position."""
-    s = _input_factor(spec, f1["X"][:, 0], f2["X"][:, 0])
-    g1, g2 = f1["G"][:, :, 0], f2["G"][:, :, 0]  # (n, O', c) if full else (O', n, c)
-    if full:
-        n1, o, c = g1.shape
-        n2 = g2.shape[0]
-        t = g1.reshape(n1 * o, c) @ g2.reshape(n2 * o, c).T
-        out.addcmul_(t.view(n1, o, n2, o), s.view(n1, 1, n2, 1))
-    else:
-        t = torch.bmm(g1, g2.transpose(1, 2))
-        out.addcmul_(t, s.unsqueeze(0))
-
-
-def _patch_block(spec: LayerSpec, f1: dict[str, Tensor], f2: dict[str, Tensor], full: bool,
-                 out: Tensor) -> None:
-    """Σ_{p,q} (g_w² ⟨X1_p, X2_q⟩ + g_b²) ⟨G1_p, G2_q⟩ for layers with several positions."""
-    x1, x2, g1, g2 = f1["X"], f2["X"], f1["G"], f2["G"]
-    n1, p1, d = x1.shape
-    n2, p2, _ = x2.shape
-    o, c = g1.shape[1 if full else 0], g1.shape[-1]
-    s = _input_factor(spec, x1.reshape(n1 * p1, d), x2.reshape(n2 * p2, d)).view(n1, p1, n2, p2)
-    if full:
-        t = g1.reshape(n1 * o * p1, c) @ g2.reshape(n2 * o * p2, c).T
-        out.add_(torch.einsum("ipjq,iapjbq->iajb", s, t.view(n1, o, p1, n2, o, p2)))
-    else:
-        t = torch.bmm(g1.reshape(o, n1 * p1, c), g2.reshape(o, n2 * p2, c).transpose(1, 2))
-        out.add_(torch.einsum("ipjq,aipjq->aij", s, t.view(o, n1, p1, n2, p2)))
-
-
-# ---------------------------------------------------------------------------------------------
-# Chunked driver
-# ---------------------------------------------------------------------------------------------
-
-def _factorised_ntk(net: nn.Module, specs: list[LayerSpec], x1: Tensor, x2: Tensor,
-                    symmetric: bool, output_dim: int, mode: str, per_layer: bool,
-                    max_memory: int | None) -> Tensor:
-    """Loop over pairs of sample chunks (only i ≤ j when symmetric), sum layer blocks."""
-    cot = _cotangents(mode, output_dim, x1)
-    n_out = cot.shape[0]
-    full = mode in ("full", "sum_logits")
+    chain = plan_chain(net, x1, modules)
+    cot = (torch.ones(1, output_dim) if mode == "sum_logits" else
+           torch.eye(output_dim)).to(dtype=x1.dtype, device=x1.device)
     n1, n2 = x1.shape[0], x2.shape[0]
-    budget = max_memory if max_memory is not None else _default_budget(x1.device)
-    chunk, cache_all = _chunk_plan(specs, n1, 0 if symmetric else n2, n_out, full,
-                                   x1.element_size(), budget, symmetric)
-    n_layers = len(specs) if per_layer else 1
-    shape = (n1, n_out, n2, n_out) if full else (n_out, n1, n2)
-    result = torch.zeros((n_layers,) + shape, dtype=x1.dtype, device=x1.device)
-    rows = _ranges(n1, chunk)
-    cols = rows if symmetric else _ranges(n2, chunk)
-    cache: dict[tuple[int, int, int], list] = {}
-
-    def features(side: int, r: range) -> list:
-        key = (0 if symmetric else side, r.start, r.stop)
-        if key in cache:
-            return cache[key]
-        feats = _chunk_features(net, specs, (x1 if side == 0 else x2)[r.start:r.stop], cot,
-                                sample_major=full)
-        if cache_all:
-            cache[key] = feats
-        return feats
-
-    tile = _tile_size(chunk, n1, n_out if full else 1) if symmetric else chunk
-    for bi, r1 in enumerate(rows):
-        f1 = features(0, r1)
-        if not cache_all:
-            cache[(0, r1.start, r1.stop)] = f1  # keep the row chunk through its columns
-        for bj, r2 in enumerate(cols):
-            if symmetric and bj < bi:
-                continue
-            f2 = features(1, r2)
-            with torch.no_grad():
-                for t1 in _ranges(len(r1), tile, r1.start):
-                    for t2 in _ranges(len(r2), tile, r2.start):
-                        if symmetric and t2.start < t1.start:
-                            continue
-                        _tile(specs, _slice(f1, t1, r1.start, full),
-                              _slice(f2, t2, r2.start, full),
-                              result, t1, t2, full, per_layer)
-                        if symmetric:
-                            _mirror(result, t1, t2, full)
-        if not cache_all:
-            cache.clear()
-    return _finish(result if per_layer else result[0], mode)
+    rows = n1 if symmetric else n1 + n2
+    pairs = n1 * (n1 + 1) / 2 if symmetric else n1 * n2
+    for spec in chain.specs:
+        if spec.kind == "other" and strict:
+            raise TypeError(f"module {spec.name!r} of type {type(spec.module).__name__} has "
+                            "parameters but no factorised NTK rule (strict=True); supported: "
+                            "nn.Linear, nn.Conv2d, nn.LayerNorm, eval-mode BatchNorm, "
+                            "ntkpipe.models.Dense/Conv2d/PositionEmbedding")
+        spec.form = choose_form(spec, implementation, cot.shape[0], mode, rows, pairs)
+    return _Plan(chain, cot, [name for name, _ in modules], output_dim)
 
 
-def _tile(specs: list[LayerSpec], f1: list, f2: list, result: Tensor, r1: range, r2: range,
-          full: bool, per_layer: bool) -> None:
-    """Add every layer's kernel between samples r1 and r2 to `result`."""
-    for layer, (spec, a, b) in enumerate(zip(specs, f1, f2)):
-        if a is not None and b is not None:
-            _block(spec, a, b, full, _view(result[layer if per_layer else 0], r1, r2, full))
+# ---------------------------------------------------------------------------------------------
+# Features of a chunk of samples
+# ---------------------------------------------------------------------------------------------
+
+def _chunk_features(plan: _Plan, x: Tensor, mode: str) -> dict[str, dict[str, Tensor]]:
+    """Every reached layer's features for the samples `x`."""
+    tape = forward_tape(plan.chain, x)
+    out: dict[str, dict[str, Tensor]] = {}
+    for spec, inp, cot in backward(plan.chain, tape, x.shape[0], plan.cot):
+        with torch.no_grad():
+            if cot[0] == "D":
+                out[spec.name] = readout_features(spec, inp, cot[1], cot[2], mode)
+            else:
+                out[spec.name] = layer_features(spec, inp, cot[1], mode)
+        del inp, cot  # the next step's cotangent must not meet this one
+    return out
 
 
-def _tile_size(chunk: int, n: int, rows_per_sample: int) -> int:
-    """Samples per tile of a symmetric kernel: tiles i ≤ j only save up to half the products,
-    while Gram matmuls keep full speed down to about 512 rows."""
-    return min(chunk, max(math.ceil(512 / rows_per_sample), math.ceil(n / 8)))
+def _all_features(plan: _Plan, x: Tensor, chunk: int, mode: str
+                  ) -> dict[str, dict[str, Tensor]]:
+    """Features of all samples of `x`, built chunk by chunk into preallocated buffers."""
+    n = x.shape[0]
+    if chunk >= n:
+        return _chunk_features(plan, x, mode)
+    store: dict[str, dict[str, Tensor]] = {}
+    for r in _ranges(n, chunk):
+        feats = _chunk_features(plan, x[r.start:r.stop], mode)
+        for name, f in feats.items():
+            buffers = store.setdefault(name, {})
+            for key, t in f.items():
+                if key == "M":
+                    buffers[key] = t
+                    continue
+                dim = 1 if key == "H" else 0
+                if key not in buffers:
+                    shape = list(t.shape)
+                    shape[dim] = n
+                    buffers[key] = t.new_empty(shape)
+                buffers[key].narrow(dim, r.start, len(r)).copy_(t)
+        del feats
+    return store
 
 
-def _slice(features: list, r: range, offset: int, sample_major: bool) -> list:
-    """Features of samples r (absolute indices) from those of a chunk starting at `offset`."""
-    a, b = r.start - offset, r.stop - offset
-    return [None if f is None else
-            {k: v[a:b] if k == "X" or sample_major else v[:, a:b] for k, v in f.items()}
-            for f in features]
+# ---------------------------------------------------------------------------------------------
+# Chunked, tiled driver
+# ---------------------------------------------------------------------------------------------
 
-
-def _view(out: Tensor, r1: range, r2: range, full: bool) -> Tensor:
-    """The block of rows r1 and columns r2 of a (N1, O', N2, O') or (O', N1, N2) kernel."""
-    if full:
-        return out[r1.start:r1.stop, :, r2.start:r2.stop]
-    return out[:, r1.start:r1.stop, r2.start:r2.stop]
-
-
-def _mirror(result: Tensor, r1: range, r2: range, full: bool) -> None:
-    """Θ(x2_j, x1_i) = Θ(x1_i, x2_j)ᵀ for the block below the diagonal; diagonal blocks are
-    averaged with their transpose so that K(x, x) is exactly symmetric."""
-    for out in result:
-        if r1 == r2:
-            block = _view(out, r1, r1, full)
-            block.add_(block.permute(2, 3, 0, 1).clone() if full else
-                       block.transpose(1, 2).clone()).mul_(0.5)
-        elif full:
-            _view(out, r2, r1, True).copy_(_view(out, r1, r2, True).permute(2, 3, 0, 1))
-        else:
-            _view(out, r2, r1, False).copy_(_view(out, r1, r2, False).transpose(1, 2))
-
-
-def _finish(result: Tensor, mode: str) -> Tensor:
-    """From the internal layout to the public one of `mode`."""
-    if mode == "full":
-        return result.permute(*range(result.dim() - 4), -4, -2, -3, -1).contiguous()
-    if mode == "sum_logits":
-        return result[..., :, 0, :, 0].contiguous()
+def _engine(plan: _Plan, x1: Tensor, x2: Tensor, symmetric: bool, mode: str, per_layer: bool,
+            budget: int) -> Tensor:
+    """Loop over chunk pairs (only i ≤ j when symmetric) and their tiles, summing layers."""
+    n1, n2, o = x1.shape[0], x2.shape[0], plan.cot.shape[0]
+    sizes = _chunk_plan(plan, n1, 0 if symmetric else n2, mode, x1.element_size(), budget)
+    n_layers = len(plan.names) if per_layer else 1
+    result = torch.zeros((n_layers,) + _result_shape(mode, n1, n2, o), dtype=x1.dtype,
+                         device=x1.device)
+    rows = _ranges(n1, sizes.chunk)
+    cols = rows if symmetric else _ranges(n2, sizes.chunk)
+    if sizes.cache_all:
+        f1 = _all_features(plan, x1, sizes.chunk, mode)
+        f2 = f1 if symmetric else _all_features(plan, x2, sizes.chunk, mode)
+        _chunk_pair(plan, f1, f2, range(n1), range(n2), symmetric, mode, per_layer, sizes,
+                    result)
+    else:
+        for bi, r1 in enumerate(rows):
+            f1 = _chunk_features(plan, x1[r1.start:r1.stop], mode)
+            for bj, r2 in enumerate(cols):
+                if symmetric and bj < bi:
+                    continue
+                f2 = f1 if symmetric and bi == bj else \
+                    _chunk_features(plan, (x1 if symmetric else x2)[r2.start:r2.stop], mode)
+                _chunk_pair(plan, f1, f2, r1, r2, symmetric, mode, per_layer, sizes, result)
+                del f2
+            del f1
     if mode == "trace":
-        return result.mean(-3)
-    return result
+        result.div_(plan.output_dim)
+    return result if per_layer else result[0]
+
+
+def _chunk_pair(plan: _Plan, f1: dict, f2: dict, r1: range, r2: range, symmetric: bool,
+                mode: str, per_layer: bool, sizes: "_Sizes", result: Tensor) -> None:
+    """Every tile between the samples r1 and r2 (upper triangle only when they coincide)."""
+    o = plan.cot.shape[0]
+    specs = [s for s in plan.chain.specs if s.name in f1 and s.name in f2]
+    leaf = max(1, math.ceil(LEAF_ROWS / (o if mode in ("full", "sum_logits") else 1)))
+    for s1, s2 in _tile_pairs(len(r1), len(r2), symmetric and r1 == r2, leaf, sizes.tile):
+        i = range(r1.start + s1.start, r1.start + s1.stop)
+        j = range(r2.start + s2.start, r2.start + s2.stop)
+        tile = torch.empty(_tile_shape(mode, len(i), len(j), o), dtype=result.dtype,
+                           device=result.device)
+        for layer, group in _layer_groups(plan, specs, per_layer):
+            tile.zero_()
+            with torch.no_grad():
+                for spec in group:
+                    add_block(spec, f1[spec.name], f2[spec.name], s1, s2, mode, tile)
+            _write(result[layer], tile, i, j, mode, symmetric)
+
+
+def _layer_groups(plan: _Plan, specs: list[LayerSpec], per_layer: bool
+                  ) -> list[tuple[int, list[LayerSpec]]]:
+    """(result slot, layers summed into it): each layer alone, or all together."""
+    if per_layer:
+        return [(plan.names.index(s.name), [s]) for s in specs]
+    return [(0, specs)]
+
+
+def _tile_shape(mode: str, t1: int, t2: int, o: int) -> tuple[int, ...]:
+    """Internal layout of a tile: (t1, O', t2, O'), (t1, t2) or (O', t1, t2)."""
+    if mode in ("full", "sum_logits"):
+        return (t1, o, t2, o)
+    return (o, t1, t2) if mode == "per_output" else (t1, t2)
+
+
+def _write(out: Tensor, tile: Tensor, i: range, j: range, mode: str, symmetric: bool) -> None:
+    """Copy a tile into the result, its mirror image too when x2 is x1; a diagonal tile is
+    averaged with its transpose so that K(x, x) is exactly symmetric."""
+    if mode == "sum_logits":
+        tile = tile[:, 0, :, 0]
+    if mode == "full":
+        block, mirror = tile.permute(0, 2, 1, 3), tile.permute(2, 0, 3, 1)
+    elif mode == "per_output":
+        block, mirror = tile, tile.transpose(1, 2)
+    else:
+        block, mirror = tile, tile.T
+    target = _index(out, mode, i, j)
+    if symmetric and i == j:
+        target.copy_(block).add_(mirror).mul_(0.5)
+        return
+    target.copy_(block)
+    if symmetric:
+        _index(out, mode, j, i).copy_(mirror)
+
+
+def _tile_pairs(n1: int, n2: int, same: bool, leaf: int, limit: int
+                ) -> list[tuple[slice, slice]]:
+    """Local sample tiles of at most `limit` samples covering a chunk pair; when `same`, the
+    upper block triangle only, diagonal tiles bisected down to `leaf` samples."""
+    blocks1 = _slices(n1, limit)
+    if not same:
+        return [(a, b) for a in blocks1 for b in _slices(n2, limit)]
+    tiles: list[tuple[slice, slice]] = []
+    for k, a in enumerate(blocks1):
+        _diagonal_tiles(a, leaf, tiles)
+        tiles += [(a, b) for b in blocks1[k + 1:]]
+    return tiles
+
+
+def _diagonal_tiles(s: slice, leaf: int, tiles: list[tuple[slice, slice]]) -> None:
+    """A diagonal block as its two diagonal halves (recursively) and one off-diagonal tile."""
+    if s.stop - s.start <= leaf:
+        tiles.append((s, s))
+        return
+    mid = (s.start + s.stop) // 2
+    a, b = slice(s.start, mid), slice(mid, s.stop)
+    _diagonal_tiles(a, leaf, tiles)
+    tiles.append((a, b))
+    _diagonal_tiles(b, leaf, tiles)
+
+
+def _slices(n: int, size: int) -> list[slice]:
+    """Consecutive slices of at most `size` covering range(n)."""
+    return [slice(s, min(s + size, n)) for s in range(0, n, size)]
 
 
 def _ranges(n: int, chunk: int, start: int = 0) -> list[range]:
@@ -640,55 +492,54 @@ def _default_budget(device: torch.device) -> int:
     return 4 * 2 ** 30
 
 
-def _feature_elems(spec: LayerSpec, n_out: int) -> int:
-    """Elements per sample of a layer's stored features."""
-    if spec.form == "factorised":
-        return spec.positions * (spec.fan_in + n_out * spec.fan_out)
-    return n_out * spec.n_params
+@dataclass
+class _Sizes:
+    """Samples per chunk and per tile, and whether every chunk's features stay in memory."""
+
+    chunk: int
+    tile: int
+    cache_all: bool
 
 
-def _transient_elems(specs: list[LayerSpec], n_out: int) -> int:
-    """Elements per sample alive while a chunk's features are built: activations and their
-    clones, every layer's raw cotangents, and the largest per-layer conversion."""
-    act = specs[0].activations if specs else 0
-    raw = sum(n_out * s.out_numel + s.in_numel for s in specs)
-    conversion = max((n_out * (s.out_numel + (s.n_params if s.form == "jacobian" else 0))
-                      + s.positions * s.fan_in for s in specs), default=0)
-    return 3 * act + raw + conversion
+def _per_sample_elems(plan: _Plan, mode: str) -> tuple[int, int, int]:
+    """(stored features, transients while a chunk's features are built, tile temporaries per
+    sample pair), in elements."""
+    chain, o = plan.chain, plan.cot.shape[0]
+    specs = chain.specs
+    feat = sum(feature_elems(s, s.form, o) for s in specs)
+    widest = max((math.prod(st.in_shape) + math.prod(st.out_shape) for st in chain.steps),
+                 default=0)
+    generic = max((3 * st.kept + 2 * o * (st.kept + sum(s.out_numel for s in st.specs))
+                   for st in chain.steps if st.role == "generic"), default=0)
+    build = max((build_elems(s, s.form, o) + o * s.out_numel for s in specs), default=0)
+    transient = chain.act_elems + 3 * o * widest + generic + build + feat
+    dirs = o * o if mode in ("full", "sum_logits") else o if mode == "per_output" else 1
+    pair = 3 * dirs + max((pair_elems(s, s.form, o, mode) for s in specs), default=0)
+    return feat, transient, pair
 
 
-def _block_elems(specs: list[LayerSpec], n1: int, n2: int, n_out: int, full: bool) -> int:
-    """Elements of the largest temporary of one layer's block between chunks of n1 and n2."""
-    pairs = n_out * n_out if full else n_out
-    worst = 0
-    for s in specs:
-        if s.form == "factorised":
-            pp = s.positions * s.positions
-            worst = max(worst, n1 * n2 * pp * (1 + pairs) + n1 * n2 * pairs)
-        else:
-            worst = max(worst, n1 * n2 * pairs)
-    return worst
-
-
-def _chunk_plan(specs: list[LayerSpec], n1: int, n2: int, n_out: int, full: bool,
-                itemsize: int, budget: int, symmetric: bool) -> tuple[int, bool]:
-    """Largest chunk of samples whose two feature sets, transients and block temporaries fit
-    in `budget` bytes, and whether all chunks' features can be kept at once."""
-    feat = sum(_feature_elems(s, n_out) for s in specs)
-    trans = _transient_elems(specs, n_out)
-
-    def need(n: int) -> int:
-        return itemsize * (2 * n * feat + n * trans + _block_elems(specs, n, n, n_out, full))
-
+def _chunk_plan(plan: _Plan, n1: int, n2: int, mode: str, itemsize: int,
+                budget: int) -> _Sizes:
+    """Largest chunk whose features, transients and a tile fit `budget` bytes (n2 = 0 when
+    symmetric), tiles given at most a quarter of it; refuse if one sample does not fit."""
+    feat, transient, pair = _per_sample_elems(plan, mode)
     largest = max(n1, n2)
-    if need(1) > budget:
-        raise ValueError(f"max_memory={budget} bytes is too small for even one sample "
-                         f"(needs about {need(1)} bytes)")
+
+    def tile_for(chunk: int) -> int:
+        room = int(math.isqrt(max(budget // 4 // (itemsize * pair), 1)))
+        return max(1, min(chunk, room))
+
+    def need(chunk: int, cached: bool) -> int:
+        stored = (n1 + n2) * feat if cached else 2 * chunk * feat
+        return itemsize * (stored + chunk * transient + tile_for(chunk) ** 2 * pair)
+
+    if need(1, False) > budget:
+        raise ValueError(f"max_memory={budget} bytes is too small for one block of samples: it "
+                         f"needs about {need(1, False)} bytes ({feat} feature and {transient} "
+                         "transient elements per sample)")
     lo, hi = 1, largest
     while lo < hi:
         mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if need(mid) <= budget else (lo, mid - 1)
-    chunk = lo
-    total = itemsize * ((n1 + n2) * feat + chunk * trans
-                        + _block_elems(specs, chunk, chunk, n_out, full))
-    return chunk, total <= budget
+        lo, hi = (mid, hi) if need(mid, False) <= budget else (lo, mid - 1)
+    cache_all = need(lo, True) <= budget
+    return _Sizes(lo, tile_for(lo), cache_all)
