@@ -60,7 +60,7 @@ def test_dense_standard_equals_torch_linear():
     ref = nn.Linear(7, 3)
     ref.load_state_dict(layer.state_dict())
     x = torch.randn(4, 7)
-    torch.testing.assert_close(layer(x), ref(x), rtol=0, atol=0)
+    torch.testing.assert_close(layer(x), ref(x), rtol=1e-6, atol=1e-6)
 
 
 def test_dense_standard_uses_torch_default_init():
@@ -122,7 +122,8 @@ def test_conv_standard_equals_torch_conv():
     ref = nn.Conv2d(3, 5, 3, stride=2, padding=1)
     ref.load_state_dict(layer.state_dict())
     x = torch.randn(2, 3, 9, 9)
-    torch.testing.assert_close(layer(x), ref(x), rtol=0, atol=0)
+    # Different convolution kernels may sum in a different order: equal to float rounding.
+    torch.testing.assert_close(layer(x), ref(x), rtol=1e-5, atol=1e-6)
 
 
 # ---- build_model ------------------------------------------------------------------------------
