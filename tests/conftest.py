@@ -39,3 +39,18 @@ def _guarded_connect(self, address):
 @pytest.fixture(autouse=True)
 def _no_network(monkeypatch):
     monkeypatch.setattr(socket.socket, "connect", _guarded_connect)
+
+
+def defaults(section: str, **overrides):
+    """A config section as `config.validate` fills it, with `overrides` merged in (nested dicts
+    key by key): stage functions get every key a real run gives them."""
+    from ntkpipe import config
+
+    def merge(base, extra):
+        out = dict(base)
+        for key, value in extra.items():
+            out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(
+                out.get(key), dict) else value
+        return out
+
+    return merge(config.validate({"sweeps": {"w": {}}})[section], overrides)

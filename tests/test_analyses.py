@@ -8,6 +8,8 @@ import pytest
 import torch
 import xarray as xr
 
+from conftest import defaults
+
 from ntkpipe import stages, store, sweep
 from ntkpipe.stages.analyses import sharpness_subset
 from ntkpipe.stages.kernels import load_snapshots
@@ -21,14 +23,12 @@ POINT = {**RUN, "shift": "conceptual", "shared_classes": 0, "alpha": 0.0, "n_tas
 IDS = (sweep.run_id(POINT), sweep.shift_id(POINT))
 PROV = {"wildcards_json": json.dumps({"run": IDS[0], "shift": IDS[1]})}
 MODEL = {"bias": True, "bias_std": 0.1}
-TRAIN = {"momentum": 0.0, "lazy_reference_width": 256, "lazy_lr_scale": 10.0,
-         "phase1": {"target_accuracy": 0.99, "target_loss": {"mse": 1e-9}, "min_epochs": 1,
-                    "max_epochs": {"sgd": 2, "gd": 12}},
-         "snapshots": {"log_points": 3}, "snapshot_every": 5, "checkpoint_every": 0}
+TRAIN = defaults("train", phase1={"target_accuracy": 0.99, "target_loss": {"mse": 1e-9},
+                                  "min_epochs": 1, "max_epochs": {"sgd": 2, "gd": 12}},
+                 snapshots={"log_points": 3}, snapshot_every=5, checkpoint_every=0)
 SHARPNESS = {"every": 5, "subset": 40, "top": 2, "tolerance": 1e-12}
 NTK = {"kernels": ["trace", "per_output", "per_layer"], "dtype": "float64", "max_memory_gb": 1}
-METRICS = {"kernel": "trace", "centered": True, "window": 3, "recovery_tolerance": 0.05,
-           "spectrum_top": 5}
+METRICS = defaults("metrics", spectrum_top=5)
 
 
 @pytest.fixture(scope="module")

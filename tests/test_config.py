@@ -136,10 +136,15 @@ def test_ids_round_trip_and_match_their_regex():
                 **sweep.parse_id(sid, sweep.SHIFT_KEYS)} == point
 
 
-def test_effective_lr_scales_inversely_with_width_in_the_lazy_regime():
+def test_effective_lr_of_the_lazy_regime_is_width_independent_unless_asked():
     assert sweep.effective_lr(0.1, "feature", 1024, 256, 10.0) == 0.1
-    assert sweep.effective_lr(0.1, "lazy", 256, 256, 10.0) == pytest.approx(1.0)
-    assert sweep.effective_lr(0.1, "lazy", 1024, 256, 10.0) == pytest.approx(0.25)
+    assert sweep.effective_lr(0.1, "feature", 1024, 256, 10.0, width_exponent=1) == 0.1
+    for width in (64, 256, 1024):  # the default: the NTK parametrisation at η · scale
+        assert sweep.effective_lr(0.1, "lazy", width, 256, 10.0) == pytest.approx(1.0)
+    # the old double scaling, an explicit option: η · scale · (256 / width)
+    assert sweep.effective_lr(0.1, "lazy", 1024, 256, 10.0, width_exponent=1) == \
+        pytest.approx(0.25)
+    assert sweep.effective_lr(0.1, "lazy", 64, 256, 10.0, width_exponent=1) == pytest.approx(4.0)
 
 
 def _fake_package(tmp_path, monkeypatch, files):

@@ -28,15 +28,17 @@ def fake(point, diverged=-1, boundaries=1):
     rng = np.random.default_rng(point["seed"])
     series = lambda: rng.uniform(0.5, 1.5, (1, len(steps)))  # noqa: E731
     names = ("spectral_norm", "kernel_distance", "kernel_velocity", "kernel_alignment")
-    measures = ("velocity_spike", "norm_dip", "alignment_deflection", "distance_jump")
     ds = xr.Dataset(
         {**{n: (("probe", "step"), series()) for n in names},
          "test_accuracy": (("step", "task"), rng.uniform(0, 1, (len(steps), 2))),
          "boundary_step": ("boundary", 10 + 15 * np.arange(boundaries)),
          "diverged_step": ((), diverged),
-         **{m: (("probe", "boundary"), rng.uniform(0, 2, (1, boundaries))) for m in measures}},
+         "task_steps": ("trained_task", rng.integers(10, 100, boundaries + 1).astype(float)),
+         **{m: (("probe", "boundary"), rng.uniform(0, 2, (1, boundaries)))
+            for m in reactivation.MEASURES}},
         coords={"step": steps, "probe": [1], "task": [1, 2],
-                "boundary": np.arange(1, boundaries + 1)})
+                "boundary": np.arange(1, boundaries + 1),
+                "trained_task": np.arange(1, boundaries + 2)})
     ds.attrs.update(store.provenance(wildcards={"run": sweep.run_id(point),
                                                 "shift": sweep.shift_id(point)}))
     return ds
@@ -128,8 +130,8 @@ def summary():
 
 def test_applicable_follows_the_sweeps(summary):
     _, points = summary
-    assert applicable(points) == ["metrics_by_width", "accuracy_by_task",
-                                          "similarity_sweep", "frequency_shift", "learning_rate"]
+    assert applicable(points) == ["metrics_by_width", "accuracy_by_task", "laziness",
+                                  "similarity_sweep", "frequency_shift", "learning_rate"]
     assert applicable([{**p, "n_tasks": 3} for p in points[:1]]) == ["task_sequence"]
 
 
@@ -219,6 +221,25 @@ def test_draw_all_from_a_written_summary(summary, tmp_path):
         outputs = [tmp_path / f"{f.name}.png" for f in study.figures]
         stages.study_figures(study.name, tmp_path / "summary.nc", None, outputs)
         assert all(out.read_bytes()[:4] == b"\x89PNG" for out in outputs)
+
+
+def test_seed_series_keep_only_dt1_velocities_and_lines_break_at_gaps():
+    steps = np.array([0, 4, 8, 9, 10, 11, 20])
+    one = xr.Dataset(
+        {"kernel_velocity": (("probe", "step"), np.arange(7.0)[None]),
+         "spectral_norm": (("probe", "step"), np.ones((1, 7))),
+         "boundary_step": ("boundary", [9])},
+        coords={"step": steps, "probe": [1], "boundary": [1]})
+    [(x, y)] = reactivation.seed_series(one, "kernel_velocity")
+    np.testing.assert_array_equal(x, [-1, 0, 1])  # 8 → 9, 9 → 10, 10 → 11: dt = 1 only
+    np.testing.assert_array_equal(y, [2.0, 3.0, 4.0])
+    plt = figures.pyplot()
+    fig, ax = plt.subplots()
+    [(x, y)] = reactivation.seed_series(one, "spectral_norm")
+    reactivation.draw_series(ax, [(x, y), (x, 2 * y)], "C0", "mean", join=1)
+    joined = [line.get_xdata() for line in ax.lines if line.get_linestyle() == "-"]
+    assert [list(part) for part in joined] == [[-1, 0, 1, 2]]  # nothing drawn across a gap
+    plt.close(fig)
 
 
 def test_unknown_figure_name_is_refused(summary, tmp_path):

@@ -1,4 +1,4 @@
-"""Tests of ntkpipe.metrics: CKA, distance, spectral norm, velocity, alignment, reactivation."""
+"""Tests of ntkpipe.metrics: CKA, distance, spectral norm, velocity, alignment."""
 
 from __future__ import annotations
 
@@ -10,7 +10,6 @@ import scipy.linalg
 import torch
 
 from ntkpipe import metrics as m
-from ntkpipe.studies.reactivation import reactivation_measures
 
 
 def _psd(n: int, rank: int, seed: int) -> np.ndarray:
@@ -247,68 +246,6 @@ def test_full_matrix_traced_kernel_relation():
     np.testing.assert_allclose(mat, flat @ flat.T, atol=1e-12)
     traced = np.mean([mat[a::3, a::3] for a in range(3)], axis=0)
     np.testing.assert_allclose(traced, np.einsum("ijaa->ij", full) / 3, atol=1e-12)
-
-
-# ---- reactivation measures ----------------------------------------------------------------
-
-STEPS = np.array([0, 10, 20, 30, 40, 50, 51, 52, 53, 60, 80])
-VEL = np.array([1.0, 1.0, 2.0, 1.0, 1.0, 10.0, 5.0, 1.0, 1.0, 1.0, np.nan])
-NORM = np.array([5.0, 5.0, 5.0, 5.0, 5.0, 10.0, 6.0, 8.0, 9.8, 10.0, 10.0])
-ALIGN = np.array([0.5, 0.5, 0.5, 0.5, 0.5, 0.5, 0.3, 0.4, 0.45, 0.5, 0.5])
-DIST = np.array([0.0, 0.1, 0.2, 0.2, 0.2, 0.2, 0.25, 0.3, 0.32, 0.35, 0.4])
-
-
-def _react(boundary=50, **kw):
-    args = dict(velocity=VEL, norm=NORM, alignment=ALIGN, distance=DIST, window=3,
-                tolerance=0.05)
-    args.update(kw)
-    return reactivation_measures(STEPS, boundary, **args)
-
-
-def test_reactivation_measures_hand_computed():
-    out = _react()
-    # before = indices 2..4 → median(2, 1, 1) = 1; after = indices 5..8 → max 10
-    assert out["velocity_peak"] == 10.0
-    assert out["velocity_spike"] == pytest.approx(10.0)
-    # norm at boundary 10, min over indices 5..8 is 6 at index 6 → dip 0.4
-    assert out["norm_dip"] == pytest.approx(0.4)
-    # first index after the dip within 5 % of 10 is index 8 (9.8) → step 53 − 50
-    assert out["recovery_steps"] == 3.0
-    # max |A − 0.5| over indices 5..8 = 0.2
-    assert out["alignment_deflection"] == pytest.approx(0.2)
-    # distance at index 8 minus at index 5
-    assert out["distance_jump"] == pytest.approx(0.12)
-
-
-def test_reactivation_measures_tighter_tolerance_and_no_recovery():
-    # within 1 %: only index 9 (10.0) → step 60
-    assert _react(tolerance=0.01)["recovery_steps"] == 10.0
-    never = NORM.copy()
-    never[6:] = 6.0
-    out = _react(norm=never)
-    assert math.isnan(out["recovery_steps"])
-    assert out["norm_dip"] == pytest.approx(0.4)
-
-
-def test_reactivation_measures_flat_series_show_nothing():
-    flat = np.ones(len(STEPS))
-    out = _react(velocity=flat, norm=flat * 3, alignment=flat * 0.7, distance=flat * 0.2)
-    assert out["velocity_spike"] == pytest.approx(1.0)
-    assert out["norm_dip"] == 0.0
-    assert out["alignment_deflection"] == 0.0
-    assert out["distance_jump"] == 0.0
-
-
-def test_reactivation_measures_at_step_zero_has_no_baseline():
-    out = _react(boundary=0)
-    assert math.isnan(out["velocity_spike"])
-    assert out["velocity_peak"] == 2.0  # max over indices 0..3
-
-
-@pytest.mark.parametrize("boundary", [55, 81, -1])
-def test_reactivation_measures_boundary_not_a_snapshot(boundary):
-    with pytest.raises(ValueError, match=f"boundary step {boundary} is not a snapshot step"):
-        _react(boundary=boundary)
 
 
 def test_batched_top_eigen_and_target_alignment_match_single_kernel_forms():

@@ -11,19 +11,19 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from conftest import defaults
+
 from ntkpipe import stages, store
 
 RUN = {"dataset": "digits", "classes_per_task": 5, "arch": "mlp", "depth": 1,
        "activation": "relu", "optimizer": "sgd", "loss": "cross_entropy", "batch_size": 64,
        "regime": "feature", "width": 16, "lr": 0.1, "seed": 3}
-TRAIN = {"momentum": 0.0, "lazy_reference_width": 256, "lazy_lr_scale": 10.0,
-         "phase1": {"target_accuracy": 0.99, "min_epochs": 1, "max_epochs": 4},
-         "phase2": {"epochs": 2}, "snapshots": {"log_points": 4, "dense_steps": 3},
-         "checkpoint_every": 5}
+TRAIN = defaults("train", phase1={"target_accuracy": 0.99, "min_epochs": 1, "max_epochs": 4},
+                 phase2={"epochs": 2}, snapshots={"log_points": 4, "dense_steps": 3},
+                 checkpoint_every=5)
 MODEL = {"bias": True, "bias_std": 0.1}
 NTK = {"kernels": ["trace"], "dtype": "float64", "max_memory_gb": 1}
-METRICS = {"kernel": "trace", "centered": True, "window": 5, "recovery_tolerance": 0.05,
-           "spectrum_top": 20}
+METRICS = defaults("metrics", spectrum_top=20)
 SPLIT = {"classes_per_task": 5, "seed": 3, "order": "natural", "train_per_task": None,
          "probe_size": 15, "imbalance": 8.0}
 PROV = {"test": "1"}

@@ -5,16 +5,48 @@ import io
 import pytest
 import torch
 
+import numpy as np
+
 from ntkpipe.models import build_model
-from ntkpipe.train import Schedule, TaskSpec, loss_value, snapshot_schedule, train_tasks
+from ntkpipe.schedule import LogSpacer, log_grid
+from ntkpipe.train import (Schedule, TaskSpec, has_converged, loss_value, snapshot_schedule,
+                           train_tasks)
 
 
 def test_snapshot_schedule_exact():
-    assert snapshot_schedule(100, 5) == [0, 1, 3, 10, 32, 100]
-    assert snapshot_schedule(100, 5, dense_steps=4) == [0, 1, 2, 3, 4, 10, 32, 100]
+    assert snapshot_schedule(100, 5) == [0, 1, 3, 10, 33, 100]  # geomspace(1, 100, 5)
+    assert snapshot_schedule(100, 5, dense_steps=4) == [0, 1, 3, 10, 33, 96, 97, 98, 99, 100]
+    assert snapshot_schedule(100, 5, dense_steps=4, first_task=False) == [
+        1, 2, 3, 4, 10, 33, 96, 97, 98, 99, 100]  # a later task: dense on both sides
     assert snapshot_schedule(3, 5, dense_steps=10) == [0, 1, 2, 3]
     assert snapshot_schedule(20, 2, every=6) == [0, 1, 6, 12, 18, 20]
-    assert snapshot_schedule(5, 2, dense_steps=1, every=0) == [0, 1, 5]
+
+
+def spaced(points, end):
+    spacer = LogSpacer(points)
+    most = 0
+    for step in range(1, end + 1):
+        if spacer.wants(step):
+            spacer.add(step)
+        most = max(most, len(spacer.kept))
+    return spacer.select(end), most
+
+
+@pytest.mark.parametrize("end", [60, 600, 6000, 60000])
+def test_log_spaced_snapshots_cover_the_steps_the_task_ran(end):
+    """Whatever the final length, ~`points` snapshots close to geomspace(1, end, points), from
+    a bounded number of candidates held while the length was unknown."""
+    chosen, most = spaced(16, end)
+    assert most <= 2 * 16 + 3
+    assert chosen[0] == 1 and chosen[-1] == end and len(chosen) >= 14
+    spacing = np.log(end) / 15
+    for target in np.geomspace(1, end, 16):
+        assert np.min(np.abs(np.log(chosen) - np.log(target))) <= 0.7 * spacing + np.log(2)
+
+
+def test_log_grid():
+    assert log_grid(100, 4).tolist() == [0, 1, 10, 100]
+    assert log_grid(0, 4).tolist() == [0, 1]
 
 
 def test_losses_exact():
@@ -41,28 +73,70 @@ def model(seed=0):
                        regime="feature", seed=seed)
 
 
-def test_converges_and_snapshots_on_schedule():
+def test_converges_and_snapshots_over_the_steps_it_ran():
     x, y = blobs()
     net = model()
-    rec, _ = train_tasks(net, [TaskSpec(1, x, y, max_epochs=50, target_accuracy=1.0)],
+    rec, _ = train_tasks(net, [TaskSpec(1, x, y, max_epochs=50, target_accuracy=1.0,
+                                        dense_steps=3)],
                          Schedule(lr=0.5, batch_size=16, log_points=6))
-    assert rec.converged == [True]
+    assert rec.converged == [True] and rec.stop_reasons == ["converged"]
     assert rec.epochs_run[0] < 50
-    wanted = set(snapshot_schedule(50 * 4, 6))
-    assert all(s in wanted for s in rec.steps[:-1])
+    assert rec.steps == snapshot_schedule(rec.step, 6, dense_steps=3)  # sized by its real length
     assert rec.steps[0] == 0 and rec.steps[-1] == rec.step == rec.epochs_run[0] * 4
     assert torch.equal(rec.states[-1]["1.weight"], net.state_dict()["1.weight"])
 
 
-def test_later_tasks_do_not_repeat_the_boundary_snapshot():
+def test_every_boundary_has_dense_steps_on_both_sides():
     x1, y1 = blobs(classes=(0, 1))
     x2, y2 = blobs(classes=(2, 3), seed=1)
-    tasks = [TaskSpec(1, x1, y1, max_epochs=2), TaskSpec(2, x2, y2, max_epochs=2, dense_steps=3)]
+    tasks = [TaskSpec(1, x1, y1, max_epochs=5, dense_steps=3),
+             TaskSpec(2, x2, y2, max_epochs=5, dense_steps=3)]
     rec, _ = train_tasks(model(), tasks, Schedule(lr=0.1, batch_size=16, log_points=3))
-    assert rec.boundaries == [0, 8]
+    assert rec.boundaries == [0, 20]
     assert rec.steps == sorted(set(rec.steps))  # no step twice
-    assert [s for s, t in zip(rec.steps, rec.tasks) if t == 2][:3] == [9, 10, 11]
-    assert rec.tasks[rec.steps.index(8)] == 1
+    assert set(range(17, 24)) <= set(rec.steps)  # the last 3 + 1 of task 1, the first 3 of task 2
+    assert set(range(37, 41)) <= set(rec.steps)  # and the last 3 + 1 of task 2
+    assert rec.tasks[rec.steps.index(20)] == 1 and rec.tasks[rec.steps.index(21)] == 2
+    assert rec.stop_reasons == ["epochs", "epochs"]
+
+
+def test_snapshots_never_change_the_training():
+    """Another snapshot density keeps the same dense windows with the same weights."""
+    x1, y1 = blobs(classes=(0, 1))
+    x2, y2 = blobs(classes=(2, 3), seed=1)
+    runs = []
+    for points, every in ((3, 0), (9, 7)):
+        tasks = [TaskSpec(1, x1, y1, max_epochs=5, dense_steps=3),
+                 TaskSpec(2, x2, y2, max_epochs=5, dense_steps=3)]
+        rec, _ = train_tasks(model(), tasks, Schedule(lr=0.1, batch_size=16, log_points=points,
+                                                      snapshot_every=every))
+        runs.append({s: state for s, state in zip(rec.steps, rec.states)})
+    assert len(runs[1]) > len(runs[0])
+    for step in range(17, 24):
+        assert all(torch.equal(runs[0][step][k], runs[1][step][k]) for k in runs[0][step])
+
+
+def test_convergence_needs_the_accuracy_held_and_the_loss_levelled_off():
+    task = TaskSpec(1, None, None, max_epochs=100, target_accuracy=0.99, plateau_epochs=3,
+                    loss_tolerance=0.02)
+    falling = [[1.0 * 0.9 ** e, 1.0] for e in range(10)]  # 10 % per epoch: still falling
+    assert not has_converged(task, falling)
+    flat = falling + [[falling[-1][0] * 0.99 ** e, 1.0] for e in range(1, 4)]
+    assert has_converged(task, flat)  # 1 % per epoch over the last 3 epochs
+    dropped = flat[:-1] + [[flat[-1][0], 0.98]]
+    assert not has_converged(task, dropped)  # the accuracy did not hold
+    assert has_converged(TaskSpec(1, None, None, 9, target_accuracy=0.99), [[5.0, 0.995]])
+    assert has_converged(TaskSpec(1, None, None, 9, target_loss=0.1), [[0.09, 0.1]])
+    assert not has_converged(TaskSpec(1, None, None, 9, target_loss=0.1, min_epochs=2),
+                             [[0.09, 0.1]])
+
+
+def test_a_budget_that_runs_out_is_flagged():
+    x, y = blobs()
+    rec, _ = train_tasks(model(), [TaskSpec(1, x, y, max_epochs=2, target_accuracy=1.0,
+                                            plateau_epochs=5, loss_tolerance=1e-9)],
+                         Schedule(lr=0.01, batch_size=16))
+    assert rec.converged == [False] and rec.stop_reasons == ["budget"] and rec.epochs_run == [2]
 
 
 def test_full_batch_gradient_descent_takes_one_step_per_epoch():

@@ -334,3 +334,34 @@ def test_a_study_that_does_not_load_is_one_line(tmp_path):
     assert out.returncode == 1
     assert "ntkpipe: invalid config: 'studies': study 'nosuch.module' does not import" in out.stderr
     assert "Traceback" not in out.stderr and not (tmp_path / "out").exists()
+
+
+def _boundary_measures(log_points: int, workdir: Path):
+    """The Reactivation measures of a width-16 run and its matched control, trained with
+    `log_points` log-spaced snapshots per task."""
+    config = {**TINY, "train": {**TINY["train"], "snapshots": {
+        "log_points": log_points, "dense_steps": 3, "after_boundary": {"every": 4, "steps": 20}}},
+        "ntk": {"kernels": ["trace"]},
+        "sweeps": {"w": {"width": [16], "regime": ["feature"], "shared_classes": [0, 5]}}}
+    done = snakemake(workdir, config, "--until", "study_measures")
+    assert done.returncode == 0, done.stderr[-3000:]
+    return xr.load_dataset(workdir / "out/summary/reactivation.nc")
+
+
+def test_boundary_measures_do_not_depend_on_the_log_spaced_schedule(tmp_path):
+    """Three times as many log-spaced snapshots leave every boundary measure as it was: they
+    read the dense dt = 1 windows and the fixed post-boundary grid only."""
+    sparse = _boundary_measures(3, tmp_path / "sparse")
+    dense = _boundary_measures(9, tmp_path / "dense")
+    assert sparse.attrs["dense_steps"] == 3
+    measured = [name for name in sparse.data_vars if "boundary" in sparse[name].dims]
+    assert {"velocity_spike", "velocity_excess", "norm_dip", "alignment_deflection"} <= \
+        set(measured)
+    for name in measured:
+        np.testing.assert_allclose(dense[name].values, sparse[name].values, rtol=1e-6,
+                                   atol=1e-12, equal_nan=True, err_msg=name)
+    spike = sparse["velocity_spike"].sel(probe=1, boundary=1).values
+    assert np.isfinite(spike).all() and (spike > 0).all()
+    assert sparse["window_before"].sel(probe=1).values.tolist() == [[3.0], [3.0]]
+    excess = sparse["velocity_excess"].sel(probe=1, boundary=1).values
+    assert np.isfinite(excess).all() and 1.0 in np.round(excess, 12)  # the control over itself

@@ -16,20 +16,29 @@ from typing import Any, Callable
 
 import numpy as np
 
-COLUMNS = ("study", "claim", "statistic", "value", "threshold", "holds", "note")
+COLUMNS = ("study", "claim", "statistic", "value", "low", "high", "p_value", "n", "threshold",
+           "holds", "note")
+VERDICTS = ("true", "false", "inconclusive", "untested")
 
 
 @dataclass
 class Row:
-    """One line of the scorecard."""
+    """One line of the scorecard: the statistic, its uncertainty (a 95 % bootstrap interval
+    over seeds [low, high] and/or a permutation p-value), the number n of runs (or pairs) it
+    rests on, and the verdict — 'true' or 'false' only when the uncertainty clears the
+    threshold, 'inconclusive' when it does not, 'untested' without the data."""
 
     study: str
     claim: str
     statistic: str
     value: float
     threshold: str
-    holds: str  # "true", "false" or "untested"
+    holds: str  # one of VERDICTS
     note: str = ""
+    n: int = 0
+    low: float = float("nan")
+    high: float = float("nan")
+    p_value: float = float("nan")
 
 
 def nanmedian(values: Any, axis: Any = None) -> Any:
@@ -174,7 +183,9 @@ def write(rows: list[Row], path: str | Path) -> None:
         writer.writeheader()
         for row in rows:
             d = asdict(row)
-            d["value"] = "" if not np.isfinite(row.value) else f"{row.value:.6g}"
+            for name in ("value", "low", "high", "p_value"):
+                number = getattr(row, name)
+                d[name] = "" if np.isnan(number) else f"{number:.6g}"
             writer.writerow(d)
 
 

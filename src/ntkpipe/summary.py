@@ -174,7 +174,10 @@ def with_measures(summary: Any, measures: Any | None) -> Any:
             raise ValueError("the study measures are of other runs than the summary; "
                              "rebuild them")
     measures = measures.drop_vars([k for k in ("run_id", "shift_id") if k in measures.coords])
-    return summary.merge(measures, join="left", compat="override")
+    out = summary.merge(measures, join="left", compat="override")
+    # a study's own settings (its attributes the summary lacks) travel with its measures
+    out.attrs.update({k: v for k, v in measures.attrs.items() if k not in summary.attrs})
+    return out
 
 
 def _matches(column: np.ndarray, value: Any) -> np.ndarray:

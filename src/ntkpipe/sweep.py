@@ -144,9 +144,13 @@ def run_analyses(config: dict[str, Any]) -> dict[tuple[str, str], list[str]]:
     return {key: sorted(value) for key, value in out.items()}
 
 
-def effective_lr(lr: float, regime: str, width: int, reference_width: int,
-                 lazy_scale: float = 1.0) -> float:
-    """The learning rate used: lr in the feature regime; lr · lazy_scale · reference/width in
-    the lazy one (NTK parametrisation with η ∝ 1/width; its per-weight gradients are smaller,
-    so `lazy_scale` puts both regimes on a comparable time scale at the reference width)."""
-    return lr * lazy_scale * reference_width / width if regime == "lazy" else lr
+def effective_lr(lr: float, regime: str, width: int, reference_width: int = 256,
+                 lazy_scale: float = 1.0, width_exponent: float = 0.0) -> float:
+    """The learning rate used: lr in the feature regime; in the lazy one (NTK
+    parametrisation) lr · lazy_scale · (reference_width / width)^width_exponent. The default
+    exponent 0 keeps η independent of width: one step in the NTK parametrisation already moves
+    the effective weights like a step of η·σ²/fan_in in the standard one, i.e. the study's
+    η ∝ 1/width (docs/science.md §1); exponent 1 would scale twice."""
+    if regime != "lazy":
+        return lr
+    return lr * lazy_scale * (reference_width / width) ** width_exponent

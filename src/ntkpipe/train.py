@@ -1,39 +1,54 @@
-"""Training: phase 1 on task 1 to convergence, later phases on each next task, snapshots on a
-schedule dense around every task boundary, resumable state, divergence detection.
+"""Training: phase 1 on task 1 to convergence, later phases on each next task, snapshots that
+are log-spaced over each task and dense (every step) on both sides of every task boundary,
+resumable state, divergence detection.
 
 Time `step` counts optimiser steps from the start of phase 1. Shuffling uses a generator seeded
 by (seed, task, epoch), so a run resumed mid-way draws exactly the batches it would have drawn.
+Snapshots never change the training: they copy weights, and which steps they keep depends only
+on the steps themselves.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import time
+from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import nn
 from torch.nn import functional as F
 
 from ntkpipe import store
 from ntkpipe.progress import ProgressBar
+from ntkpipe.schedule import LogSpacer
 
 LOSSES = ("cross_entropy", "mse")
 
 
 def snapshot_schedule(max_steps: int, log_points: int, dense_steps: int = 0,
-                      every: int = 0) -> list[int]:
-    """Steps (relative to a phase start) to snapshot: 0, every step up to `dense_steps`,
-    `log_points` log-spaced steps up to `max_steps`, and every `every`-th step (0: none)."""
-    log_spaced = np.unique(np.round(np.geomspace(1, max(max_steps, 1), log_points)).astype(int))
-    steps = {0, *range(1, min(dense_steps, max_steps) + 1), *log_spaced.tolist()}
+                      every: int = 0, first_task: bool = True,
+                      grid: tuple[int, int] = (0, 0)) -> list[int]:
+    """The steps (relative to its start) `TaskSnapshots` keeps of a task that ran `max_steps`
+    steps: 0 (the first task; a later task's 0 is the previous one's last), its first
+    `dense_steps` and every grid[0]-th of its first grid[1] (a later task), `log_points`
+    log-spaced steps, every `every`-th step (0: none) and the last `dense_steps` + 1."""
+    spacer = LogSpacer(log_points)
+    for step in range(1, max_steps + 1):
+        if spacer.wants(step):
+            spacer.add(step)
+    start = {0} if first_task else set(range(1, min(dense_steps, max_steps) + 1))
+    if not first_task and grid[0] > 0:
+        start.update(range(grid[0], min(grid[1], max_steps) + 1, grid[0]))
+    steps = {*start, *spacer.select(max_steps),
+             *range(max(max_steps - dense_steps, 0 if first_task else 1), max_steps + 1)}
     if every > 0:
         steps.update(range(every, max_steps + 1, every))
-    return sorted(s for s in steps if s <= max_steps)
+    return sorted(steps)
 
 
 def per_sample_loss(outputs: torch.Tensor, labels: torch.Tensor, loss: str) -> torch.Tensor:
@@ -68,16 +83,20 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str,
 
 @dataclass
 class TaskSpec:
-    """One task to train on: its data, and how long."""
+    """One task to train on: its data, how long, and when it has converged."""
 
     number: int  # 1-based task number
     x: torch.Tensor
     y: torch.Tensor
     max_epochs: int
-    target_accuracy: float | None = None  # stop at the first epoch reaching it (None: run all)
+    target_accuracy: float | None = None  # accuracy that must hold (None: run max_epochs)
     min_epochs: int = 0
     target_loss: float | None = None  # stop at the first epoch with training loss ≤ this
-    dense_steps: int = 0
+    dense_steps: int = 0  # k: snapshots at the last k + 1 steps, and the first k of a later task
+    grid_every: int = 0  # a later task: also every this many steps ...
+    grid_steps: int = 0  # ... over its first this many (the fixed post-boundary grid)
+    plateau_epochs: int = 0  # with target_accuracy: also wait for the loss to level off
+    loss_tolerance: float = 0.0  # over plateau_epochs, per epoch, relative
 
 
 @dataclass
@@ -90,9 +109,71 @@ class Schedule:
     momentum: float = 0.0
     batch_size: int | str = 64
     seed: int = 0
-    log_points: int = 16
+    log_points: int = 16  # log-spaced snapshots per task, over the steps it actually runs
     checkpoint_every: int = 200
     snapshot_every: int = 0  # also snapshot every this many steps of each task (0: off)
+
+
+def _copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+
+
+class TaskSnapshots:
+    """The snapshots of one running task: its step 0 (the first task only: a later task's step
+    0 is the previous one's last), its first k steps and a fixed grid after them (a later
+    task), every `every`-th step, candidates for the log-spaced ones, and a ring buffer of its
+    last k + 1 steps — known only when the task stops."""
+
+    def __init__(self, dense: int, log_points: int, every: int, dense_start: bool,
+                 grid: tuple[int, int] = (0, 0)) -> None:
+        self.dense, self.every, self.dense_start = dense, every, dense_start
+        self.grid = tuple(grid)  # (every, over the first how many steps) of a later task
+        self.spacer = LogSpacer(log_points)
+        self.kept: dict[int, tuple[int, dict]] = {}  # relative step → (epoch, state)
+        self.candidates: dict[int, tuple[int, dict]] = {}
+        self.ring: deque = deque(maxlen=dense + 1)
+
+    def offer(self, rel: int, epoch: int, model: nn.Module) -> None:
+        """The model after `rel` steps of the task (in epoch `epoch`)."""
+        on_grid = self.dense_start and self.grid[0] > 0 and rel % self.grid[0] == 0 \
+            and rel <= self.grid[1]
+        fixed = ((rel == 0 and not self.dense_start) or (self.dense_start and rel <= self.dense)
+                 or on_grid or (self.every > 0 and rel % self.every == 0))
+        candidate = self.spacer.wants(rel)
+        entry = (epoch, _copy_state(model))
+        if fixed:
+            self.kept[rel] = entry
+        if candidate:
+            self.candidates[rel] = entry
+            for dropped in self.spacer.add(rel):
+                del self.candidates[dropped]
+        self.ring.append((rel, entry))
+
+    def finish(self) -> list[tuple[int, int, dict]]:
+        """(relative step, epoch, state) of every snapshot the task keeps, in step order."""
+        if not self.ring:  # a later task that diverged at its first step
+            return [(rel, *self.kept[rel]) for rel in sorted(self.kept)]
+        end = self.ring[-1][0]
+        chosen = dict(self.kept)
+        chosen.update(self.ring)
+        for rel in self.spacer.select(end):
+            chosen.setdefault(rel, self.candidates.get(rel))
+        return [(rel, *chosen[rel]) for rel in sorted(chosen) if chosen[rel] is not None]
+
+    def state(self) -> dict:
+        """What a resumed run needs to keep the same snapshots."""
+        return {"dense": self.dense, "every": self.every, "dense_start": self.dense_start,
+                "grid": list(self.grid), "spacer": self.spacer.state(), "kept": dict(self.kept),
+                "candidates": dict(self.candidates), "ring": list(self.ring)}
+
+    @classmethod
+    def from_state(cls, state: dict) -> "TaskSnapshots":
+        """The snapshots `state` describes."""
+        plan = cls(state["dense"], 0, state["every"], state["dense_start"], state["grid"])
+        plan.spacer = LogSpacer.from_state(state["spacer"])
+        plan.kept, plan.candidates = dict(state["kept"]), dict(state["candidates"])
+        plan.ring.extend(tuple(item) for item in state["ring"])
+        return plan
 
 
 @dataclass
@@ -108,17 +189,23 @@ class Record:
     boundaries: list[int] = field(default_factory=list)  # first step of each task
     epochs_run: list[int] = field(default_factory=list)
     converged: list[bool] = field(default_factory=list)
+    stop_reasons: list[str] = field(default_factory=list)  # converged, budget, epochs
     diverged_step: int = -1
     task_index: int = 0  # resume position: task, epoch within it, step
     epoch: int = 0
     step: int = 0
+    history: list[list[float]] = field(default_factory=list)  # this task's (loss, accuracy)
+    pending: dict | None = None  # this task's TaskSnapshots state
 
-    def snapshot(self, model: nn.Module, step: int, epoch: int, task: int) -> None:
-        self.steps.append(step)
-        self.epochs.append(epoch)
-        self.tasks.append(task)
-        self.states.append({k: v.detach().to("cpu", copy=True)
-                            for k, v in model.state_dict().items()})
+    def keep(self, start: int, task: int, snapshots: list[tuple[int, int, dict]]) -> None:
+        """Append a finished task's snapshots (relative steps from `start`)."""
+        for rel, epoch, state in snapshots:
+            if self.steps and start + rel <= self.steps[-1]:
+                continue  # the previous task's last step is this task's step 0
+            self.steps.append(start + rel)
+            self.epochs.append(epoch)
+            self.tasks.append(task)
+            self.states.append(state)
 
     def stacked(self) -> dict:
         """The snapshot file's content: tensors and plain values only (loads with weights_only)."""
@@ -134,6 +221,9 @@ class Record:
             "boundaries": torch.tensor(self.boundaries, dtype=torch.int64),
             "epochs_run": torch.tensor(self.epochs_run, dtype=torch.int64),
             "converged": torch.tensor(self.converged, dtype=torch.bool),
+            # text as one JSON string: pickle memoises strings by identity, which a resumed
+            # run does not share with an uninterrupted one
+            "stop_reasons_json": json.dumps(self.stop_reasons),
             "diverged_step": self.diverged_step,
         }
 
@@ -153,15 +243,40 @@ def _batches(n: int, batch_size: int | str, optimizer: str, generator: torch.Gen
     return list(order.split(int(batch_size)))
 
 
+def has_converged(task: TaskSpec, history: list[list[float]]) -> bool:
+    """Phase 1's stopping rule on the epoch-end (training loss, accuracy) history of a task:
+    the loss reached `target_loss`; or the accuracy held `target_accuracy` for the last
+    `plateau_epochs` epochs (the last one alone when 0) while the loss fell by at most
+    `loss_tolerance` of itself per epoch over them."""
+    if len(history) < max(task.min_epochs, 1):
+        return False
+    loss = history[-1][0]
+    if task.target_loss is not None:
+        return loss <= task.target_loss
+    if task.target_accuracy is None:
+        return False
+    window = max(task.plateau_epochs, 1)
+    if len(history) < window or any(acc < task.target_accuracy for _, acc in history[-window:]):
+        return False
+    if task.plateau_epochs == 0:
+        return True
+    if len(history) <= task.plateau_epochs:
+        return False
+    before = history[-1 - task.plateau_epochs][0]
+    return before - loss <= task.loss_tolerance * task.plateau_epochs * before
+
+
 def train_tasks(model: nn.Module, tasks: list[TaskSpec], schedule: Schedule, *,
                 start_step: int = 0, optimizer_state: dict | None = None,
                 resume_path: str | Path | None = None,
                 log: Callable[[str], None] = lambda line: None) -> tuple[Record, dict]:
     """Train on each task in turn; returns the record and the optimiser's final state.
 
-    A snapshot is taken at each task's scheduled steps and always at its last step; task t > 1
-    does not repeat step 0 (the previous task's last snapshot). With `resume_path`, the state is
-    saved there every `checkpoint_every` steps (at an epoch end) and picked up on a rerun.
+    Each task keeps its `TaskSnapshots`: log-spaced steps over the steps it ran, its last
+    `dense_steps` + 1 steps, the first `dense_steps` of a later task, every `snapshot_every`-th
+    step; task t > 1 does not repeat step 0 (the previous task's last snapshot). With
+    `resume_path`, the state is saved there every `checkpoint_every` steps (at an epoch end)
+    and picked up on a rerun.
     """
     optimizer = make_optimizer(model, schedule)
     if optimizer_state is not None:
@@ -182,15 +297,17 @@ def train_tasks(model: nn.Module, tasks: list[TaskSpec], schedule: Schedule, *,
     while record.task_index < len(tasks) and record.diverged_step < 0:
         task = tasks[record.task_index]
         n = len(task.x)
-        per_epoch = 1 if schedule.optimizer == "gd" or schedule.batch_size == "full" else \
-            math.ceil(n / int(schedule.batch_size))
         task_start = record.boundaries[-1] if len(record.boundaries) > record.task_index else record.step
         if len(record.boundaries) == record.task_index:
             record.boundaries.append(task_start)
-        wanted = set(snapshot_schedule(task.max_epochs * per_epoch, schedule.log_points,
-                                       task.dense_steps, schedule.snapshot_every))
-        if record.epoch == 0 and record.task_index == 0 and 0 in wanted:
-            record.snapshot(model, record.step, 0, task.number)
+        if record.pending is not None:
+            plan = TaskSnapshots.from_state(record.pending)
+        else:
+            plan = TaskSnapshots(task.dense_steps, schedule.log_points, schedule.snapshot_every,
+                                 dense_start=task.number > 1,
+                                 grid=(task.grid_every, task.grid_steps))
+            if task.number == 1:  # a later task's step 0 is the previous task's last snapshot
+                plan.offer(0, 0, model)
         converged = False
         while record.epoch < task.max_epochs:
             tic = time.perf_counter()
@@ -209,13 +326,13 @@ def train_tasks(model: nn.Module, tasks: list[TaskSpec], schedule: Schedule, *,
                 loss.backward()
                 optimizer.step()
                 record.step += 1
-                if record.step - task_start in wanted:
-                    record.snapshot(model, record.step, record.epoch + 1, task.number)
+                plan.offer(record.step - task_start, record.epoch + 1, model)
             if record.diverged_step >= 0:
                 break
             record.epoch += 1
             train_loss, correct = evaluate(model, task.x, task.y, schedule.loss)
             accuracy = float(correct.float().mean())
+            record.history.append([train_loss, accuracy])
             log(f"task {task.number} epoch {record.epoch} step {record.step} "
                 f"loss {train_loss:.4g} accuracy {accuracy:.4f} "
                 f"({time.perf_counter() - tic:.2f} s)")
@@ -224,26 +341,32 @@ def train_tasks(model: nn.Module, tasks: list[TaskSpec], schedule: Schedule, *,
             if not math.isfinite(train_loss):
                 record.diverged_step = record.step
                 break
-            reached = (train_loss <= task.target_loss if task.target_loss is not None else
-                       task.target_accuracy is not None and accuracy >= task.target_accuracy)
-            if reached and record.epoch >= task.min_epochs:
+            if has_converged(task, record.history):
                 converged = True
                 break
             if (resume_path is not None and schedule.checkpoint_every
                     and record.step - last_checkpoint >= schedule.checkpoint_every):
+                record.pending = plan.state()
                 store.save_torch({"model": model.state_dict(),
                                   "optimizer": optimizer.state_dict(),
                                   "record": dataclasses.asdict(record)},
                                  resume_path)
+                record.pending = None
                 last_checkpoint = record.step
+        # a diverged task keeps what it has up to its last finite step (its windows are short)
+        record.keep(task_start, task.number, plan.finish())
         if record.diverged_step >= 0:
             break
-        if not record.steps or record.steps[-1] != record.step:
-            record.snapshot(model, record.step, record.epoch, task.number)
+        if task.dense_steps and record.step - task_start < task.dense_steps:
+            log(f"task {task.number} ran {record.step - task_start} steps, fewer than "
+                f"dense_steps {task.dense_steps}: its boundary windows are short")
+        criterion = task.target_accuracy is not None or task.target_loss is not None
         record.epochs_run.append(record.epoch)
-        record.converged.append(converged or (task.target_accuracy is None
-                                              and task.target_loss is None))
+        record.converged.append(converged or not criterion)
+        record.stop_reasons.append("converged" if converged else
+                                   "budget" if criterion else "epochs")
         record.task_index += 1
         record.epoch = 0
+        record.history = []
     bar.close()
     return record, optimizer.state_dict()

@@ -83,8 +83,11 @@ def snapshot_every(analyses):
 def lr_settings():
     """What turns a run's lr into the learning rate it trains with."""
     t = config["train"]
-    return {"lazy_reference_width": t["lazy_reference_width"],
-            "lazy_lr_scale": t["lazy_lr_scale"]}
+    settings = {"lazy_lr_scale": t["lazy_lr_scale"],
+                "lazy_width_exponent": t["lazy_width_exponent"]}
+    if t["lazy_width_exponent"]:  # the reference width matters only with width scaling
+        settings["lazy_reference_width"] = t["lazy_reference_width"]
+    return settings
 
 
 def phase1_stop(wildcards):
@@ -93,16 +96,20 @@ def phase1_stop(wildcards):
     from ntkpipe.stages.training import max_epochs, target_loss
 
     p1, run = config["train"]["phase1"], run_params(wildcards)
-    return {"target_accuracy": p1["target_accuracy"], "min_epochs": p1["min_epochs"],
-            "target_loss": target_loss(p1, run["loss"]),
+    stop = {"min_epochs": p1["min_epochs"], "target_loss": target_loss(p1, run["loss"]),
             "max_epochs": max_epochs(p1, run["optimizer"])}
+    if stop["target_loss"] is None:  # the accuracy rule: an MSE target makes these moot
+        stop.update({k: p1[k] for k in ("target_accuracy", "plateau_epochs", "loss_tolerance")})
+    else:
+        stop["target_accuracy"] = p1["target_accuracy"]
+    return stop
 
 
 def phase1_settings(wildcards):
     """Training settings phase 1 depends on (phase-2 settings excluded: no retraining)."""
     t = config["train"]
     return {"momentum": t["momentum"], **lr_settings(), "phase1": phase1_stop(wildcards),
-            "snapshots": {"log_points": t["snapshots"]["log_points"]},
+            "snapshots": t["snapshots"],
             "snapshot_every": snapshot_every(PHASE1_ANALYSES.get(wildcards.run, ())),
             "checkpoint_every": t["checkpoint_every"]}
 

@@ -24,7 +24,7 @@ def load_snapshots(paths: list[str | Path]) -> dict[str, Any]:
     with the training loss of every step."""
     steps, epochs, tasks, states = [], [], [], []
     loss_steps, losses = [], []
-    boundaries, diverged = [], -1
+    boundaries, diverged, converged, reasons, ran = [], -1, [], [], []
     for path in paths:
         snap = store.load_torch(path)
         if not isinstance(snap, dict) or snap.get("format") != "ntkpipe.snapshots/1":
@@ -42,9 +42,13 @@ def load_snapshots(paths: list[str | Path]) -> dict[str, Any]:
                 losses.append(value)
         boundaries += [b for b in snap["boundaries"].tolist() if b not in boundaries]
         diverged = snap["diverged_step"] if snap["diverged_step"] >= 0 else diverged
+        converged += [bool(c) for c in snap["converged"].tolist()]
+        reasons += json.loads(snap.get("stop_reasons_json", "[]"))
+        ran += snap["epochs_run"].tolist()
     return {"steps": steps, "epochs": epochs, "tasks": tasks, "states": states,
             "loss_steps": loss_steps, "losses": losses, "boundaries": boundaries,
-            "diverged_step": diverged}
+            "diverged_step": diverged, "converged": converged, "stop_reasons": reasons,
+            "epochs_run": ran}
 
 
 def _per_sample(model: "torch.nn.Module", x: "torch.Tensor", y: "torch.Tensor", loss: str
@@ -213,5 +217,9 @@ def extract_ntk(data_path: str | Path, split_path: str | Path, snapshot_paths: l
 def _run_attrs(split: TaskSplit, snaps: dict[str, Any]) -> dict[str, Any]:
     return {"boundaries_json": json.dumps(snaps["boundaries"]),
             "diverged_step": int(snaps["diverged_step"]),
+            "converged_json": json.dumps(snaps["converged"]),
+            "stop_reasons_json": json.dumps(snaps["stop_reasons"]),
+            "epochs_run_json": json.dumps(snaps["epochs_run"]),
+            "last_step": int(snaps["steps"][-1]) if snaps["steps"] else 0,
             "task_classes_json": json.dumps(split.classes),
             "similarity_json": json.dumps(split.similarity)}

@@ -45,8 +45,9 @@ def compute_metrics(ntk_path: str | Path, out: str | Path, *, metrics_cfg: dict[
     steps = ds["step"].values
     boundaries = json.loads(ds.attrs["boundaries_json"])[1:]  # task 1 starts at step 0
     probes = ds["probe"].values
-    norm, dist, vel, align, target, top_align = (np.full(stack.shape[:2], np.nan)
-                                                 for _ in range(6))
+    norm, dist, vel, align, target, top_align, from_boundary = (
+        np.full(stack.shape[:2], np.nan) for _ in range(7))
+    first_boundary = int(np.searchsorted(steps, boundaries[0])) if boundaries else None
     top = min(metrics_cfg["spectrum_top"], stack.shape[-1])
     eig_fraction, eig_align = (np.full(stack.shape[:2] + (top,), np.nan) for _ in range(2))
     for p in range(len(probes)):
@@ -56,6 +57,9 @@ def compute_metrics(ntk_path: str | Path, out: str | Path, *, metrics_cfg: dict[
         with np.errstate(invalid="ignore", divide="ignore"):
             eig_fraction[p] = values / np.linalg.norm(stack[p], axis=(1, 2))[:, None]
         dist[p] = m.distances_to(stack[p], stack[p, 0], centered)
+        if first_boundary is not None and first_boundary < len(steps) \
+                and steps[first_boundary] == boundaries[0]:
+            from_boundary[p] = m.distances_to(stack[p], stack[p, first_boundary], centered)
         vel[p] = m.kernel_velocity(stack[p], steps, centered)
         align[p] = m.alignments(stack[p], y, centered)
         target[p] = m.target_alignments(stack[p], y)
@@ -63,6 +67,11 @@ def compute_metrics(ntk_path: str | Path, out: str | Path, *, metrics_cfg: dict[
     ends = [int(steps[steps <= e][-1]) if (steps <= e).any() else int(steps[0]) for e in ends]
     trained = np.arange(1, len(ends) + 1)
     acc = ds["test_accuracy"].sel(step=ends).values  # (trained task, task)
+    starts = json.loads(ds.attrs["boundaries_json"])
+    last = int(ds.attrs.get("last_step", steps[-1]))
+    task_steps = np.diff(np.array(starts + [last], dtype=float))[:len(trained)]
+    converged = np.array(json.loads(ds.attrs.get("converged_json", "[]")), dtype=float)
+    converged = np.concatenate([converged, np.full(len(trained), np.nan)])[:len(trained)]
     pm = ("probe", "step")
     out_ds = xr.Dataset(
         {
@@ -73,6 +82,9 @@ def compute_metrics(ntk_path: str | Path, out: str | Path, *, metrics_cfg: dict[
                                           "units": "1/step"}),
             "kernel_alignment": (pm, align, {"long_name": "kernel alignment CKA(Θ_t, YYᵀ)",
                                              "units": "1"}),
+            "boundary_distance": (pm, from_boundary, {
+                "long_name": "kernel distance S(Θ_b, Θ_t) from the kernel at the first task "
+                             "boundary", "units": "1"}),
             "target_alignment": (pm, target, {"long_name": "uncentred kernel-target alignment "
                                                            "yᵀΘy / (‖Θ‖_F ‖y‖²)", "units": "1"}),
             "top_eigenvector_alignment": (pm, top_align, {
@@ -86,6 +98,11 @@ def compute_metrics(ntk_path: str | Path, out: str | Path, *, metrics_cfg: dict[
             "test_loss": ds["test_loss"].variable, "test_accuracy": ds["test_accuracy"].variable,
             "train_loss": ds["train_loss"].variable,
             "train_accuracy": ds["train_accuracy"].variable,
+            "task_steps": ("trained_task", task_steps, {
+                "long_name": "optimiser steps each task ran"}),
+            "task_converged": ("trained_task", converged, {
+                "long_name": "1 if the task met its stopping rule, 0 if its epoch budget ran out "
+                             "first (tasks of fixed length count as 1)"}),
             "accuracy_matrix": (("trained_task", "task"), acc,
                                 {"long_name": "held-out accuracy on `task` after training "
                                               "on `trained_task` (forgetting matrix)"}),
@@ -101,7 +118,7 @@ def compute_metrics(ntk_path: str | Path, out: str | Path, *, metrics_cfg: dict[
     )
     out_ds.attrs.update(store.dataset_attrs("ntkpipe kernel metrics", provenance))
     for key in ("boundaries_json", "task_classes_json", "similarity_json",
-                "normalisation_json"):
+                "normalisation_json", "stop_reasons_json"):
         out_ds.attrs[key] = ds.attrs.get(key, "{}")
     out_ds.attrs["metric_kernel"] = kernel
     out_ds.attrs["centered"] = int(centered)

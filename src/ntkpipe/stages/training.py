@@ -41,7 +41,8 @@ def _schedule(run: dict[str, Any], train_cfg: dict[str, Any]) -> "Schedule":
 def run_lr(run: dict[str, Any], train_cfg: dict[str, Any]) -> float:
     """The learning rate a run trains with (the lazy regime's scaling applied)."""
     return effective_lr(run["lr"], run["regime"], run["width"],
-                        train_cfg["lazy_reference_width"], train_cfg["lazy_lr_scale"])
+                        train_cfg.get("lazy_reference_width", 256), train_cfg["lazy_lr_scale"],
+                        train_cfg.get("lazy_width_exponent", 0.0))
 
 
 def target_loss(phase1: dict[str, Any], loss: str) -> float | None:
@@ -88,7 +89,10 @@ def train_phase1(data_path: str | Path, split_path: str | Path, checkpoint_out: 
     task = TaskSpec(1, arrays["x_train"][idx], arrays["y_train"][idx],
                     max_epochs=max_epochs(p1, run["optimizer"]),
                     target_accuracy=p1["target_accuracy"],
-                    min_epochs=p1["min_epochs"], target_loss=target_loss(p1, run["loss"]))
+                    min_epochs=p1["min_epochs"], target_loss=target_loss(p1, run["loss"]),
+                    dense_steps=train_cfg["snapshots"]["dense_steps"],
+                    plateau_epochs=p1.get("plateau_epochs", 0),
+                    loss_tolerance=p1.get("loss_tolerance", 0.0))
     resume = Path(str(checkpoint_out) + ".resume")
     record, opt_state = train_tasks(model, [task], _schedule(run, train_cfg),
                                     resume_path=resume, log=log)
@@ -117,9 +121,12 @@ def train_phase2(data_path: str | Path, split_path: str | Path, checkpoint_in: s
     tasks = []
     for number in range(2, len(split.train) + 1):
         idx = torch.from_numpy(split.train[number - 1]).to(device)
+        snapshots = train_cfg["snapshots"]
+        grid = snapshots.get("after_boundary", {"every": 0, "steps": 0})
         tasks.append(TaskSpec(number, arrays["x_train"][idx], arrays["y_train"][idx],
                               max_epochs=train_cfg["phase2"]["epochs"],
-                              dense_steps=train_cfg["snapshots"]["dense_steps"]))
+                              dense_steps=snapshots["dense_steps"],
+                              grid_every=grid["every"], grid_steps=grid["steps"]))
     meta = {"run_json": json.dumps(run, sort_keys=True), "provenance": provenance}
     resume = Path(str(checkpoint_out) + ".resume")
     if start["diverged_step"] >= 0:  # nothing to continue from: record the divergence only

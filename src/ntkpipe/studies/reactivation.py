@@ -1,14 +1,18 @@
-"""The Reactivation study: empirical NTK dynamics under task shifts (arXiv 2507.16039).
+"""The Reactivation study: empirical NTK dynamics under task shifts (G. Lanzillotta et al.
+2025, arXiv 2507.16039; `docs/science.md` §1).
 
 Question: does the NTK stay frozen across a task shift, as the continual-learning theories that
 assume a static kernel need? The study finds that it "reactivates" at every task boundary, even
-in the lazy regime. Every quantity is on the task-1 probe set (see `docs/science.md` §1):
-spectral norm ‖Θ_t‖₂, distance from init S(Θ_0, Θ_t) = 1 − CKA, velocity S(Θ_t, Θ_t+dt)/dt,
-alignment CKA(Θ_t, YYᵀ) (the metrics stage computes them along `step`). This module adds
+in the lazy regime. Every quantity is on the task-1 probe set: spectral norm ‖Θ_t‖₂, distance
+from init S(Θ_0, Θ_t) = 1 − CKA, velocity S(Θ_t, Θ_t+dt)/dt and alignment CKA(Θ_t, YYᵀ) come
+from the metrics stage along `step`. This module adds
 
-- the **boundary measures** of each run (the study publishes no magnitudes, so ntkpipe
-  defines them): velocity spike, norm dip and recovery, alignment deflection, distance jump;
-- the **claims** 1–5 as scorecard rows;
+- the **boundary measures** of each run — defined by ntkpipe, since the study publishes no
+  magnitudes — on the snapshots every boundary has whatever the rest of the schedule: the k
+  steps at dt = 1 on each side (velocities) and the fixed grid after it (norm, alignment,
+  distance), so that no measure depends on how densely the rest of training was sampled;
+- the **claims** 1–5 as scorecard rows, each with n, a bootstrap interval over seeds or a
+  permutation p-value, and a verdict that needs them;
 - the **figures** that show them.
 """
 
@@ -21,185 +25,385 @@ from typing import Any
 import numpy as np
 
 from ntkpipe import figures as plots
-from ntkpipe.metrics import as_array
-from ntkpipe.scorecard import Row, check, nanmedian, spearman, subset
+from ntkpipe import stats
+from ntkpipe.scorecard import Row, subset, untested
 from ntkpipe.studies.base import Figure, Study, Threshold
 from ntkpipe.summary import grid
-from ntkpipe.sweep import SWEEP_KEYS
+from ntkpipe.sweep import SWEEP_KEYS, effective_lr, shift_id
 
 NAME = "reactivation"
-MEASURES = ("velocity_spike", "velocity_peak", "norm_dip", "recovery_steps",
-            "alignment_deflection", "distance_jump")
+MEASURES = {
+    "velocity_spike": "velocity spike: peak dt = 1 velocity in the k steps after the boundary "
+                      "over the median dt = 1 velocity of the k steps before it",
+    "velocity_peak": "peak dt = 1 velocity in the k steps after the boundary",
+    "velocity_baseline": "median dt = 1 velocity in the k steps before the boundary",
+    "velocity_excess": "matched control: the shifted run's dt = 1 velocities summed over the k "
+                       "steps after the boundary over those of the similarity-1 run continued "
+                       "from the same phase-1 checkpoint, at the same steps",
+    "norm_dip": "norm dip: 1 − the lowest norm over the post-boundary window / the norm at "
+                "the boundary",
+    "norm_recovered": "1 if the norm, after its dip, is back within tolerance of its boundary "
+                      "value inside the post-boundary window, 0 if not, NaN if it did not dip",
+    "recovery_steps": "steps from the boundary until the norm is back within tolerance of its "
+                      "boundary value (runs that recovered)",
+    "recovery_time": "recovery in optimisation time η · steps",
+    "alignment_deflection": "largest |A_t − A_b| over the post-boundary window",
+    "distance_jump": "S(Θ_0, ·) at the end of the post-boundary window minus at the boundary",
+    "boundary_kernel_distance": "S(Θ_0, Θ_b): how far the kernel moved from init over task 1",
+    "early_share": "S(Θ_b, Θ_b+k) / S(Θ_b, Θ_b+W): the share of the post-boundary window's "
+                   "kernel displacement made in its first k steps (first boundary)",
+    "window_before": "dt = 1 velocities available in the k steps before the boundary",
+    "window_after": "dt = 1 velocities available in the k steps after the boundary",
+}
+CLASS_INCREMENTAL = {"shift": "conceptual", "shared_classes": 0, "n_tasks": 2}
 
 
 # ---- measures ---------------------------------------------------------------------------------
 
-def reactivation_measures(steps: Any, boundary: int, *, velocity: Any, norm: Any,
-                          alignment: Any, distance: Any, window: int = 10,
-                          tolerance: float = 0.05) -> dict[str, float]:
-    """Size of the reactivation at one task boundary (measures defined by ntkpipe, since the
-    study publishes none): velocity spike = max velocity in the `window` snapshots from the
-    boundary over the median velocity of the `window` snapshots before it; norm dip = 1 − min
-    norm after / norm at the boundary; recovery = steps until the norm is back within
-    `tolerance` (relative) of its boundary value (NaN if never); alignment deflection = largest
-    |A_t − A_boundary| after; distance jump = S(Θ_0, ·) change over the window after."""
-    steps, velocity, norm = as_array(steps), as_array(velocity), as_array(norm)
-    alignment, distance = as_array(alignment), as_array(distance)
-    b = int(np.searchsorted(steps, boundary))
-    if b >= len(steps) or steps[b] != boundary:
-        raise ValueError(f"boundary step {boundary} is not a snapshot step")
-    before = slice(max(0, b - window), b)
-    after = slice(b, min(len(steps), b + window + 1))
-    baseline = np.nanmedian(velocity[before]) if b > 0 else np.nan
-    peak = np.nanmax(velocity[after]) if np.isfinite(velocity[after]).any() else np.nan
-    norm_b = norm[b]
-    later = norm[b:]
-    dip_index = b + int(np.nanargmin(later[: window + 1])) if np.isfinite(later).any() else b
-    within = np.abs(norm - norm_b) <= tolerance * abs(norm_b)
-    # no dip beyond the tolerance: nothing to recover from (recovery 0)
-    recovered = [b] if within[dip_index] else \
-        np.flatnonzero((np.arange(len(norm)) > dip_index) & within)
-    return {
-        "velocity_spike": float(peak / baseline) if baseline > 0 else float("nan"),
-        "velocity_peak": float(peak),
-        "norm_dip": float(1.0 - norm[dip_index] / norm_b) if norm_b else float("nan"),
-        "recovery_steps": float(steps[recovered[0]] - boundary) if len(recovered) else float("nan"),
-        "alignment_deflection": float(np.nanmax(np.abs(alignment[after] - alignment[b]))),
-        "distance_jump": float(distance[after][-1] - distance[b]),
-    }
-
-
 def snapshot_mask(one: Any) -> np.ndarray:
     """Along the summary's `step`, the steps one run (`summary.isel(run=i)`) has a snapshot at."""
-    return (np.isfinite(one["test_accuracy"]).any("task").values
-            | np.isfinite(one["spectral_norm"]).any("probe").values)
+    mask = np.zeros(one.sizes["step"], dtype=bool)
+    for name in ("test_accuracy", "spectral_norm"):
+        if name in one:
+            finite = np.isfinite(one[name])
+            mask |= finite.any([d for d in finite.dims if d != "step"]).values
+    return mask
+
+
+def post_boundary_steps(dense: int, every: int, window: int) -> np.ndarray:
+    """Steps after a boundary (0 = the boundary) the state measures use: the dense window and
+    the fixed grid after it up to `window`, never the log-spaced snapshots."""
+    grid_steps = range(every, window + 1, every) if every > 0 else []
+    dense_steps = np.arange(min(dense, window) + 1)
+    return np.unique(np.concatenate([dense_steps, np.array(list(grid_steps), int)]))
+
+
+def boundary_measures_of(steps: np.ndarray, boundary: int, series: dict[str, np.ndarray], *,
+                         dense: int, every: int, window: int, tolerance: float,
+                         end: int | None = None) -> dict[str, float]:
+    """The measures of one run at one boundary from its series at its snapshot `steps`
+    (`velocity`, `norm`, `alignment`, `distance`, `from_boundary`); the post-boundary window
+    stops at `end`, the task's last step. NaN where a window is incomplete (a task shorter
+    than the dense window, a divergence), with the window counts saying why."""
+    out = {name: np.nan for name in MEASURES if name != "velocity_excess"}
+    if end is not None:
+        window = max(0, min(window, int(end) - boundary))
+    at = {int(s): i for i, s in enumerate(steps)}
+    if boundary not in at:
+        return out
+    dt1 = np.zeros(len(steps), dtype=bool)
+    dt1[:-1] = np.diff(steps) == 1  # velocity[i] spans steps i → i + 1
+    velocity = series["velocity"]
+    usable = dt1 & np.isfinite(velocity)  # a diverged step has no velocity: the window is short
+    before = [at[s] for s in range(boundary - dense, boundary) if s in at and usable[at[s]]]
+    after = [at[s] for s in range(boundary, boundary + dense) if s in at and usable[at[s]]]
+    out["window_before"], out["window_after"] = len(before), len(after)
+    if dense > 0 and len(before) == dense and len(after) == dense:
+        out["velocity_baseline"] = float(np.median(velocity[before]))
+        out["velocity_peak"] = float(np.max(velocity[after]))
+        if out["velocity_baseline"] > 0:
+            out["velocity_spike"] = out["velocity_peak"] / out["velocity_baseline"]
+    b = at[boundary]
+    out["boundary_kernel_distance"] = float(series["distance"][b])
+    post = boundary + post_boundary_steps(dense, every, window)
+    if not all(int(s) in at for s in post):
+        return out
+    index = np.array([at[int(s)] for s in post])
+    norm = series["norm"][index]
+    norm_b = norm[0]
+    if norm_b > 0:
+        dip = int(np.argmin(norm))
+        out["norm_dip"] = float(1.0 - norm[dip] / norm_b)
+        if out["norm_dip"] > tolerance:  # a dip to recover from; else "recovered" is moot
+            back = np.flatnonzero((np.arange(len(norm)) > dip)
+                                  & (norm >= (1.0 - tolerance) * norm_b))
+            out["norm_recovered"] = float(len(back) > 0)
+            if len(back):
+                out["recovery_steps"] = float(post[back[0]] - boundary)
+    alignment = series["alignment"][index]
+    out["alignment_deflection"] = float(np.max(np.abs(alignment - alignment[0])))
+    distance = series["distance"][index]
+    out["distance_jump"] = float(distance[-1] - distance[0])
+    far = series["from_boundary"][index]
+    if np.isfinite(far[-1]) and far[-1] > 0 and 0 < dense < window:
+        out["early_share"] = float(far[np.searchsorted(post - boundary, dense)] / far[-1])
+    return out
+
+
+def _control_shift(classes_per_task: int, n_tasks: int) -> str:
+    """The shift id of a run's matched control: task 1's classes continued (similarity 1)."""
+    return shift_id({"shift": "conceptual", "shared_classes": classes_per_task, "alpha": 0.0,
+                     "n_tasks": n_tasks})
 
 
 def boundary_measures(summary: Any, files: dict[str, dict[str, str]],
                       settings: dict[str, Any]) -> Any:
-    """The reactivation measures of every run at every boundary, per probe set: dims
-    (run, probe, boundary)."""
+    """The boundary measures of every run at every boundary, per probe set: dims
+    (run, probe, boundary); and each run's learning rate (run)."""
     import xarray as xr
 
-    probes, boundaries = summary["probe"].values, summary["boundary"].values \
-        if "boundary" in summary.dims else np.array([], dtype=int)
-    values = np.full((summary.sizes["run"], len(probes), len(boundaries), len(MEASURES)), np.nan)
-    series = ("kernel_velocity", "spectral_norm", "kernel_alignment", "kernel_distance")
-    for i in range(summary.sizes["run"]):
+    dense, tolerance = settings["dense_steps"], settings["recovery_tolerance"]
+    every, window = settings["after_boundary"]["every"], settings["after_boundary"]["steps"]
+    window = max(window, dense) if every > 0 else dense
+    probes = summary["probe"].values
+    boundaries = summary["boundary"].values if "boundary" in summary.dims else np.array([], int)
+    n_runs = summary.sizes["run"]
+    names = [n for n in MEASURES if n != "velocity_excess"]
+    values = np.full((n_runs, len(probes), len(boundaries), len(names)), np.nan)
+    after_sum = np.full((n_runs, len(probes), len(boundaries)), np.nan)
+    all_steps = summary["step"].values
+    for i in range(n_runs):
         one = summary.isel(run=i)
         has = snapshot_mask(one)
-        steps = summary["step"].values[has]
-        for b, boundary in enumerate(one["boundary_step"].values if len(boundaries) else []):
-            if not np.isfinite(boundary) or int(boundary) not in steps:
+        steps = all_steps[has]
+        starts = one["boundary_step"].values if len(boundaries) else np.array([])
+        ends = [*starts[1:], steps[-1] if len(steps) else 0]  # each task's last step
+        for b, boundary in enumerate(starts):
+            if not np.isfinite(boundary):
                 continue
             for p in range(len(probes)):
-                velocity, norm, alignment, distance = (one[s].isel(probe=p).values[has]
-                                                       for s in series)
-                if not np.isfinite(norm).any():
+                series = {key: one[var].isel(probe=p).values[has] for key, var in (
+                    ("velocity", "kernel_velocity"), ("norm", "spectral_norm"),
+                    ("alignment", "kernel_alignment"), ("distance", "kernel_distance"),
+                    ("from_boundary", "boundary_distance"))}
+                if not np.isfinite(series["norm"]).any():
                     continue  # a probe set this run does not have
-                found = reactivation_measures(
-                    steps, int(boundary), velocity=velocity, norm=norm, alignment=alignment,
-                    distance=distance, window=settings["window"],
-                    tolerance=settings["recovery_tolerance"])
-                values[i, p, b] = [found[k] for k in MEASURES]
-    names = {"velocity_spike": "velocity spike: peak velocity after the boundary over the "
-                               "median before", "velocity_peak": "peak velocity after the boundary",
-             "norm_dip": "norm dip: 1 − min norm after the boundary / norm at it",
-             "recovery_steps": "steps until the norm is back within tolerance of its "
-                               "boundary value", "alignment_deflection": "largest |A_t − A_b| "
-                               "after the boundary", "distance_jump": "change of S(Θ_0, Θ_t) "
-                               "over the window after the boundary"}
-    return xr.Dataset({name: (("run", "probe", "boundary"), values[..., k],
-                              {"long_name": names[name]}) for k, name in enumerate(MEASURES)},
-                      coords={"probe": probes, "boundary": boundaries})
+                found = boundary_measures_of(steps, int(boundary), series, dense=dense,
+                                             every=every, window=window, tolerance=tolerance,
+                                             end=ends[b])
+                values[i, p, b] = [found[n] for n in names]
+                if found["window_after"] == dense > 0:
+                    at = np.searchsorted(steps, np.arange(int(boundary), int(boundary) + dense))
+                    after_sum[i, p, b] = float(np.sum(series["velocity"][at]))
+    excess = np.full_like(after_sum, np.nan)
+    rows = {(r, s): i for i, (r, s) in enumerate(zip(summary["run_id"].values,
+                                                     summary["shift_id"].values))}
+    for i in range(n_runs):
+        control = rows.get((str(summary["run_id"].values[i]), _control_shift(
+            int(summary["classes_per_task"].values[i]), int(summary["n_tasks"].values[i]))))
+        if control is not None:
+            with np.errstate(invalid="ignore", divide="ignore"):
+                excess[i] = after_sum[i] / after_sum[control]
+    lr = np.array([effective_lr(float(summary["lr"].values[i]), str(summary["regime"].values[i]),
+                                int(summary["width"].values[i]),
+                                settings.get("lazy_reference_width", 256),
+                                settings["lazy_lr_scale"], settings.get("lazy_width_exponent", 0))
+                   for i in range(n_runs)])
+    recovery = names.index("recovery_steps")
+    values[..., names.index("recovery_time")] = values[..., recovery] * lr[:, None, None]
+    dims = ("run", "probe", "boundary")
+    data = {name: (dims, values[..., k], {"long_name": MEASURES[name]})
+            for k, name in enumerate(names)}
+    data["velocity_excess"] = (dims, excess, {"long_name": MEASURES["velocity_excess"]})
+    data["learning_rate"] = ("run", lr, {"long_name": "the learning rate the run trains with"})
+    return xr.Dataset(data, coords={"probe": probes, "boundary": boundaries},
+                      attrs={"dense_steps": dense, "after_boundary_every": every,
+                             "window_steps": window, "recovery_tolerance": tolerance})
 
 
 def headline(one: Any) -> dict[str, Any]:
     """A run's boundary measures on probe set 1, one value per boundary (`ntkpipe show`)."""
-    if "boundary" not in one.dims or not one.sizes["boundary"]:
+    if "boundary" not in one.dims or not one.sizes["boundary"] or "velocity_spike" not in one:
         return {}
     return {name: [float(v) for v in one[name].sel(probe=1).values]
-            for name in ("velocity_spike", "norm_dip", "recovery_steps", "alignment_deflection")
-            if name in one}
+            for name in ("velocity_spike", "velocity_excess", "norm_dip", "norm_recovered",
+                         "recovery_steps", "alignment_deflection")}
 
 
 # ---- claims -----------------------------------------------------------------------------------
 
-def _boundary(ds: Any, name: str, boundary: int = 1) -> Any:
+def _at(ds: Any, name: str, boundary: int = 1) -> Any:
     return ds[name].sel(probe=1, boundary=boundary)
+
+
+def _seeds_last(da: Any, *dims: str) -> np.ndarray:
+    """`da` as an array with `dims` first and `seed` last (a missing seed dim: one seed)."""
+    if "seed" not in da.dims:
+        da = da.expand_dims("seed")
+    return da.transpose(*dims, "seed").values
+
+
+def _seed_count(values: np.ndarray) -> int:
+    return int(np.isfinite(values).sum())
+
+
+def _min_of_medians(values: np.ndarray, skip_empty: bool = False) -> float:
+    """The smallest median over seeds among the cells; NaN if a cell has none (with
+    `skip_empty`, such cells are left out: a measure that does not apply there)."""
+    medians = stats.quiet(np.nanmedian, values.reshape(-1, values.shape[-1]), axis=1)
+    if skip_empty:
+        medians = medians[np.isfinite(medians)]
+    return float(np.min(medians)) if len(medians) and np.isfinite(medians).all() else np.nan
+
+
+def _cells_row(claim: str, what: str, values: np.ndarray, threshold: float, sense: str,
+               note: str, skip_empty: bool = False) -> Row:
+    """A row on the worst cell: min (sense '>=') or max over cells of the median over seeds,
+    with its bootstrap interval over seeds."""
+    sign = 1.0 if sense == ">=" else -1.0
+    statistic = lambda v: sign * _min_of_medians(sign * v, skip_empty)  # noqa: E731
+    value = statistic(values)
+    interval = stats.bootstrap(statistic, values)
+    word = "min" if sense == ">=" else "max"
+    return Row(NAME, claim, f"{word} over cells of the median over seeds of {what}", value,
+               f"{sense} {threshold}", stats.verdict(value, interval, threshold, sense), note,
+               n=_seed_count(values), low=interval[0], high=interval[1])
+
 
 def claim_spike_everywhere(ds: Any, t: dict[str, float]) -> list[Row]:
     """Claim 1: spike, checkmark and deflection at the boundary, both regimes, every width;
     larger spikes with feature learning."""
-    sub = subset(ds, ("regime", "width", "seed"), shift="conceptual", shared_classes=0,
-                  n_tasks=2)
+    sub = subset(ds, ("regime", "width", "seed"), **CLASS_INCREMENTAL)
     name = "1. boundary reactivation in both regimes at every width"
     if sub is None or sub.sizes["width"] * sub.sizes["regime"] < 2:
-        return [Row("reactivation", name, "—", np.nan, "—", "untested", "no width sweep")]
-    per_cell = {m: nanmedian(_boundary(sub, m).transpose("regime", "width", "seed").values, 2)
-                for m in ("velocity_spike", "norm_dip", "recovery_steps", "alignment_deflection")}
-    cells = f"{sub.sizes['regime']} regimes × {sub.sizes['width']} widths, median over seeds"
-    spike = float(np.nanmin(per_cell["velocity_spike"]))
-    dip = float(np.nanmin(per_cell["norm_dip"]))
-    recovered = float(np.mean(np.isfinite(per_cell["recovery_steps"])))
-    deflection = float(np.nanmin(per_cell["alignment_deflection"]))
-    feature = _boundary(sub, "velocity_spike").sel(regime="feature") \
-        if "feature" in sub["regime"].values else None
-    lazy = _boundary(sub, "velocity_spike").sel(regime="lazy") \
-        if "lazy" in sub["regime"].values else None
+        return untested(NAME, [name], "no width sweep")
+    cells = (f"{sub.sizes['regime']} regimes × {sub.sizes['width']} widths; windows of "
+             f"{int(ds.attrs.get('dense_steps', 0) or 0) or 'k'} dt = 1 steps")
+    get = {m: _seeds_last(_at(sub, m), "regime", "width") for m in (
+        "velocity_spike", "velocity_excess", "norm_dip", "norm_recovered",
+        "alignment_deflection")}
     rows = [
-        Row("reactivation", name + ": velocity spikes", "min over cells of the velocity spike "
-            "(peak after / median before)", spike, f">= {t['spike']}",
-            check(spike, t["spike"], ">="), cells),
-        Row("reactivation", name + ": norm drops", "min over cells of the norm dip depth",
-            dip, f">= {t['dip']}", check(dip, t["dip"], ">="), cells),
-        Row("reactivation", name + ": norm recovers", "fraction of cells whose norm returns "
-            "within tolerance of its boundary value", recovered, ">= 1.0",
-            check(recovered, 1.0, ">="), cells),
-        Row("reactivation", name + ": alignment deflects", "min over cells of the largest "
-            "|A_t − A_boundary| in the window", deflection, f">= {t['deflection']}",
-            check(deflection, t["deflection"], ">="), cells),
+        _cells_row(name + ": velocity spikes", "the velocity spike (peak after / median before, "
+                   "dt = 1)", get["velocity_spike"], t["spike"], ">=", cells),
     ]
-    if feature is not None and lazy is not None:
-        wins = (feature > lazy).where(np.isfinite(feature) & np.isfinite(lazy))
-        frac = float(wins.mean())
-        rows.append(Row("reactivation", "1. larger spikes in the feature-learning regime",
-                        "fraction of (width, seed) with feature spike > lazy spike", frac,
-                        "> 0.5", check(frac, 0.5 + 1e-12, ">="),
-                        f"{int(np.isfinite(wins).sum())} pairs"))
+    excess = get["velocity_excess"]
+    if np.isfinite(excess).any():
+        rows.append(_cells_row(name + ": the shift, not training, moves the kernel",
+                               "the velocity excess over the matched similarity-1 control",
+                               excess, t["spike"], ">=", cells))
+    else:
+        rows += untested(NAME, [name + ": the shift, not training, moves the kernel"],
+                         "no matched control: add shared_classes = classes_per_task to the "
+                         "width sweep")
+    rows += [
+        _cells_row(name + ": norm drops", "the norm dip depth", get["norm_dip"], t["dip"],
+                   ">=", cells),
+        _cells_row(name + ": norm recovers", "whether the norm is back within tolerance "
+                   "inside the post-boundary window (1/0; runs that dipped)",
+                   get["norm_recovered"], 0.5, ">=", cells + "; cells without a dip left out",
+                   skip_empty=True),
+        _cells_row(name + ": alignment deflects", "the largest |A_t − A_b| after the boundary",
+                   get["alignment_deflection"], t["deflection"], ">=", cells),
+    ]
+    if {"feature", "lazy"} <= set(sub["regime"].values):
+        spikes = _at(sub, "velocity_spike")
+        wins = _seeds_last(spikes.sel(regime="feature") - spikes.sel(regime="lazy"), "width")
+        pairs = np.isfinite(wins)
+        share = float(np.mean(wins[pairs] > 0)) if pairs.any() else np.nan
+        from scipy.stats import binomtest
+
+        p = (float(binomtest(int((wins[pairs] > 0).sum()), int(pairs.sum()), 0.5,
+                             alternative="greater").pvalue) if pairs.any() else np.nan)
+        holds = ("true" if share > 0.5 and p <= stats.ALPHA else
+                 "untested" if not np.isfinite(share) else
+                 "false" if share < 0.5 else "inconclusive")
+        rows.append(Row(NAME, "1. larger spikes in the feature-learning regime",
+                        "share of (width, seed) pairs with a larger feature-regime spike",
+                        share, "> 0.5 (sign test)", holds, "one-sided sign test",
+                        n=int(pairs.sum()), p_value=p))
+    rows += _laziness_rows(sub, t)
     return rows
+
+
+def _log_slope(widths: np.ndarray, values: np.ndarray) -> float:
+    """Least-squares slope of log(value) against log(width), pooled over seeds."""
+    x = np.broadcast_to(np.log(widths)[:, None], values.shape)
+    ok = np.isfinite(values) & (values > 0)
+    if len(np.unique(x[ok])) < 2:
+        return np.nan
+    return float(np.polyfit(x[ok], np.log(values[ok]), 1)[0])
+
+
+def _laziness_rows(sub: Any, t: dict[str, float]) -> list[Row]:
+    """The lazy regime is lazy: S(Θ_0, Θ_b) ∝ 1/width and a phase 1 that does not lengthen
+    with width; the feature regime's kernel moves more at every width."""
+    names = ["1. the lazy regime is lazy: S(Θ_0, Θ_b) falls like 1/width",
+             "1. the lazy regime is lazy: phase 1 does not lengthen with width",
+             "1. the feature-learning kernel moves more than the lazy one at every width"]
+    if "lazy" not in sub["regime"].values or sub.sizes["width"] < 3:
+        return untested(NAME, names, "needs the lazy regime at ≥ 3 widths")
+    lazy = sub.sel(regime="lazy")
+    widths = sub["width"].values.astype(float)
+    moved = _seeds_last(_at(lazy, "boundary_kernel_distance"), "width")
+    length = _seeds_last(lazy["task_steps"].sel(trained_task=1), "width")
+    band = t["lazy_slope_band"]
+    slope = _log_slope(widths, moved)
+    interval = stats.bootstrap(lambda v: _log_slope(widths, v), moved)
+    grow = _log_slope(widths, length)
+    grow_interval = stats.bootstrap(lambda v: _log_slope(widths, v), length)
+    rows = [
+        Row(NAME, names[0], "log–log slope of S(Θ_0, Θ_b) against width (lazy)", slope,
+            f"in [{-1 - band:g}, {-1 + band:g}]",
+            stats.band_verdict(slope, interval, -1 - band, -1 + band),
+            f"widths {', '.join(f'{w:g}' for w in widths)}; S ∝ width^slope",
+            n=_seed_count(moved), low=interval[0], high=interval[1]),
+        Row(NAME, names[1], "log–log slope of phase 1's steps against width (lazy)", grow,
+            f"<= {t['length_slope']}", stats.verdict(grow, grow_interval, t["length_slope"],
+                                                     "<="),
+            "phase 1 stops on its convergence rule; steps ∝ width^slope",
+            n=_seed_count(length), low=grow_interval[0], high=grow_interval[1]),
+    ]
+    if "feature" in sub["regime"].values:
+        ratio = _seeds_last(_at(sub.sel(regime="feature"), "boundary_kernel_distance")
+                            / _at(lazy, "boundary_kernel_distance"), "width")
+        rows.append(_cells_row(names[2], "S(Θ_0, Θ_b) feature / lazy (per width, seed)", ratio,
+                               1.0, ">=", f"{len(widths)} widths"))
+    else:
+        rows += untested(NAME, names[2:], "no feature-regime runs in the width sweep")
+    return rows
+
+
+def _similarity_view(ds: Any) -> Any | None:
+    """The similarity sweep over (regime, shared_classes, seed), classes_per_task at its
+    best-populated value."""
+    first = subset(ds, ("regime", "shared_classes", "seed", "classes_per_task"),
+                   shift="conceptual", n_tasks=2)
+    if first is None:
+        return None
+    fixed = {k: first[k].item() for k in SWEEP_KEYS if k in first.coords and k not in first.dims}
+    return grid(ds, ("regime", "shared_classes", "seed"), **fixed)
 
 
 def claim_similarity(ds: Any, t: dict[str, float]) -> list[Row]:
     """Claim 2: the effect shrinks monotonically with similarity, with diminishing returns,
     and vanishes at similarity 1."""
-    sub = subset(ds, ("regime", "shared_classes", "seed"), shift="conceptual", n_tasks=2)
-    name = "2. reactivation shrinks as similarity grows"
+    sub = _similarity_view(ds)
+    names = ["2. reactivation shrinks as similarity grows",
+             "2. diminishing returns: the first new classes matter most",
+             "2. similarity 1 (no change) shows nothing"]
     if sub is None or sub.sizes["shared_classes"] < 3:
-        return [Row("reactivation", name, "—", np.nan, "—", "untested", "no similarity sweep")]
+        return untested(NAME, names, "no similarity sweep")
     similarity = np.asarray(sub["similarity"].values, dtype=float).reshape(-1)
-    spike = _boundary(sub, "velocity_spike").transpose("shared_classes", "regime", "seed").values
-    x = np.broadcast_to(similarity[:, None, None], spike.shape)
-    ok = np.isfinite(spike)
-    rho = spearman(x, spike)
-    median = nanmedian(spike.reshape(len(similarity), -1), 1)  # over regimes and seeds
     order = np.argsort(similarity)
-    total = median[order[0]] - median[order[-1]]
-    first_new = median[order[-2]] - median[order[-1]]  # similarity 1 → one class fewer shared
-    share = float(first_new / total) if total > 0 else np.nan
+    spike = _seeds_last(_at(sub, "velocity_spike"), "shared_classes", "regime")
+    per_level = spike.reshape(len(similarity), -1)  # (level, regime × seed)
+    rho, p, interval = stats.trend_test(similarity, per_level, "<=")
+
+    def share(v: np.ndarray) -> float:
+        median = stats.quiet(np.nanmedian, v.reshape(len(similarity), -1), axis=1)
+        total = median[order[0]] - median[order[-1]]
+        return float((median[order[-2]] - median[order[-1]]) / total) if total > 0 else np.nan
+
     linear = 1.0 / (len(similarity) - 1)
-    at_one = float(median[order[-1]])
+    value = share(spike)
+    share_interval = stats.bootstrap(share, spike)
+    at_one = spike[order[-1]][None]
+    one = _cells_row(names[2], "the velocity spike at similarity 1", at_one, t["no_spike"],
+                     "<=", "every regime")
+    one.statistic = "max over regimes of the median over seeds of the velocity spike at " \
+                    "similarity 1"
     return [
-        Row("reactivation", name, "Spearman ρ of velocity spike vs similarity "
-            "(all regimes and seeds)", rho, f"<= {t['similarity_rho']}",
-            check(rho, t["similarity_rho"], "<="), f"{int(ok.sum())} runs"),
-        Row("reactivation", "2. diminishing returns: the first new classes matter most",
-            "share of the total spike change gained by the first new class", share,
-            f"> {linear:.3g} (its linear share)", check(share, linear + 1e-12, ">="),
-            "median over regimes and seeds"),
-        Row("reactivation", "2. similarity 1 (no change) shows nothing",
-            "median velocity spike at similarity 1", at_one, f"<= {t['no_spike']}",
-            check(at_one, t["no_spike"], "<="), ""),
+        Row(NAME, names[0], "Spearman ρ of the velocity spike against similarity", rho,
+            f"<= {t['similarity_rho']}",
+            stats.trend_verdict(rho, p, interval, t["similarity_rho"], "<="),
+            "permutation p-value (levels shuffled within regime and seed)",
+            n=_seed_count(spike), low=interval[0], high=interval[1], p_value=p),
+        Row(NAME, names[1], "share of the spike's fall from similarity 0 to 1 made by the "
+            "first new class", value, f">= {linear:.3g} (its linear share)",
+            stats.verdict(value, share_interval, linear, ">="),
+            "median over regimes and seeds", n=_seed_count(spike), low=share_interval[0],
+            high=share_interval[1]),
+        one,
     ]
 
 
@@ -208,64 +412,122 @@ def claim_frequency(ds: Any, t: dict[str, float]) -> list[Row]:
     name = "3. frequency shifts: low velocity, no discontinuity"
     freq = subset(ds, ("alpha", "regime", "seed"), shift="frequency", n_tasks=2)
     if freq is None or freq.sizes["alpha"] < 2:
-        return [Row("reactivation", name, "—", np.nan, "—", "untested", "no frequency sweep")]
-    spikes = _boundary(freq, "velocity_spike").where(freq["alpha"] > 0)
-    value = float(nanmedian(spikes.values))
-    rows = [Row("reactivation", name, "median velocity spike over α > 0 (all regimes, seeds)",
-                value, f"<= {t['no_spike']}", check(value, t["no_spike"], "<="),
-                f"α = {', '.join(str(a) for a in freq['alpha'].values)}")]
-    concept = subset(ds, ("regime", "seed"), shift="conceptual", shared_classes=0, n_tasks=2)
+        return untested(NAME, [name, "3. frequency spikes below class-incremental ones"],
+                        "no frequency sweep")
+    shifted = freq.sel(alpha=freq["alpha"].values[freq["alpha"].values > 0])
+    spikes = _seeds_last(_at(shifted, "velocity_spike"), "alpha", "regime")
+    rows = [_cells_row(name, "the velocity spike (α > 0, every regime)", spikes,
+                       t["no_spike"], "<=", "α = " + ", ".join(
+                           f"{a:g}" for a in shifted["alpha"].values))]
+    concept = subset(ds, ("regime", "seed"), **CLASS_INCREMENTAL)
     if concept is not None:
-        ratio = value / float(nanmedian(_boundary(concept, "velocity_spike").values))
-        rows.append(Row("reactivation", "3. frequency spikes below class-incremental ones",
-                        "median frequency spike / median class-incremental spike", ratio,
-                        "<= 0.5", check(ratio, 0.5, "<="), ""))
+        base = _seeds_last(_at(concept, "velocity_spike"), "regime")
+        seeds = min(spikes.shape[-1], base.shape[-1])
+        both = np.concatenate([spikes.reshape(-1, spikes.shape[-1])[:, :seeds],
+                               base.reshape(-1, base.shape[-1])[:, :seeds]])
+        cut = spikes.reshape(-1, spikes.shape[-1]).shape[0]
+        ratio = lambda v: float(stats.quiet(np.nanmedian, v[:cut])  # noqa: E731
+                                / stats.quiet(np.nanmedian, v[cut:]))
+        value, interval = ratio(both), stats.bootstrap(ratio, both)
+        rows.append(Row(NAME, "3. frequency spikes below class-incremental ones",
+                        "median frequency spike / median class-incremental spike", value,
+                        "<= 0.5", stats.verdict(value, interval, 0.5, "<="),
+                        "seeds paired", n=_seed_count(both), low=interval[0], high=interval[1]))
     return rows
 
 
 def claim_learning_rate(ds: Any, t: dict[str, float]) -> list[Row]:
-    """Claim 4: high lr → deeper checkmark, slower recovery; medium → fastest recovery."""
-    name = "4. learning rate shapes the checkmark"
-    sub = subset(ds, ("lr", "seed"), shift="conceptual", shared_classes=0, n_tasks=2)
+    """Claim 4: high lr → deeper checkmark, slower recovery; medium → fastest recovery; low →
+    change concentrated in the first steps."""
+    names = ["4. higher learning rate, deeper norm dip",
+             "4. a medium learning rate recovers fastest",
+             "4. higher learning rate, slower recovery than medium",
+             "4. low learning rate: the change concentrated in the first steps"]
+    sub = subset(ds, ("lr", "seed"), **CLASS_INCREMENTAL)
     if sub is None or sub.sizes["lr"] < 3:
-        return [Row("reactivation", name, "—", np.nan, "—", "untested",
-                    "no sweep over ≥ 3 learning rates")]
-    lrs = sub["lr"].values
-    dip = _boundary(sub, "norm_dip").transpose("lr", "seed").values
-    rho = spearman(np.broadcast_to(lrs[:, None], dip.shape).astype(float), dip)
-    recovery = nanmedian(_boundary(sub, "recovery_steps").transpose("lr", "seed").values, 1)
-    recovery = np.where(np.isfinite(recovery), recovery, np.inf)  # never recovered: slowest
-    fastest = int(np.argmin(recovery))
-    middle = 0 < fastest < len(lrs) - 1
+        return untested(NAME, names, "no sweep over ≥ 3 learning rates")
+    lrs = sub["lr"].values.astype(float)
+    units = (f"windows in steps, not matched in optimisation time η·t (the highest lr covers "
+             f"{lrs[-1] / lrs[0]:g}× the η·t of the lowest)")
+    dip = _seeds_last(_at(sub, "norm_dip"), "lr")
+    rho, p, interval = stats.trend_test(lrs, dip, ">=")
+    recovered = _seeds_last(_at(sub, "norm_recovered"), "lr")
+    steps = _seeds_last(_at(sub, "recovery_steps"), "lr")
+    # a dipped run that never recovers within the window counts as slowest
+    recovery = np.where(recovered == 0, np.inf, steps)
+
+    def fastest(v: np.ndarray) -> float:
+        median = stats.quiet(np.nanmedian, v, axis=1)
+        return float(np.argmin(np.where(np.isnan(median), np.inf, median))) \
+            if np.isfinite(median).any() else np.nan
+
+    middle = lambda v: 0 < fastest(v) < len(lrs) - 1  # noqa: E731
+    share = stats.support(middle, recovery)
+    median = stats.quiet(np.nanmedian, recovery, axis=1)
+    times = stats.quiet(np.nanmedian, _seeds_last(_at(sub, "recovery_time"), "lr"), axis=1)
+    best = fastest(recovery)
+    slower = lambda v: float(stats.quiet(np.nanmedian, v[-1])  # noqa: E731
+                             - stats.quiet(np.nanmedian, v[int(fastest(v))])) \
+        if np.isfinite(fastest(v)) else np.nan
+    gap = slower(recovery) if np.isfinite(best) else np.nan
+    gap_interval = stats.bootstrap(slower, recovery)
+    early = _seeds_last(_at(sub, "early_share"), "lr")
+    lead = lambda v: float(stats.quiet(np.nanmedian, v[0])  # noqa: E731
+                           - np.nanmax(stats.quiet(np.nanmedian, v[1:], axis=1)))
+    lead_value, lead_interval = lead(early), stats.bootstrap(lead, early)
+    listed = ", ".join(f"{lr:g}: {m:g} steps (η·t {tau:.3g})" for lr, m, tau in
+                       zip(lrs, median, times))
     return [
-        Row("reactivation", "4. higher learning rate, deeper norm dip",
-            "Spearman ρ of norm dip vs lr", rho, f">= {t['lr_rho']}",
-            check(rho, t["lr_rho"], ">="), f"lr = {', '.join(map(str, lrs))}"),
-        Row("reactivation", "4. a medium learning rate recovers fastest",
-            "index of the fastest-recovering lr (0 = lowest)", float(fastest),
-            f"strictly between 0 and {len(lrs) - 1}", str(middle).lower(),
-            "median recovery steps: " + ", ".join(f"{r:g}" for r in recovery)),
-        Row("reactivation", "4. higher learning rate, slower recovery than medium",
-            "recovery steps at the highest lr minus at the fastest lr",
-            float(recovery[-1] - recovery[fastest]), "> 0",
-            check(float(recovery[-1] - recovery[fastest]), 1e-12, ">="), ""),
+        Row(NAME, names[0], "Spearman ρ of the norm dip against lr", rho, f">= {t['lr_rho']}",
+            stats.trend_verdict(rho, p, interval, t["lr_rho"], ">="),
+            "permutation p-value (lrs shuffled within seeds); lr = "
+            + ", ".join(f"{lr:g}" for lr in lrs), n=_seed_count(dip), low=interval[0],
+            high=interval[1], p_value=p),
+        Row(NAME, names[1], "share of seed resamplings in which a middle lr recovers fastest",
+            share, f">= {stats.LEVEL}", stats.support_verdict(share),
+            "median recovery per lr: " + listed + "; " + units, n=_seed_count(steps)),
+        Row(NAME, names[2], "recovery steps at the highest lr minus at the fastest lr", gap,
+            "> 0", stats.verdict(gap, gap_interval, 1e-12, ">="), units,
+            n=_seed_count(steps), low=gap_interval[0], high=gap_interval[1]),
+        Row(NAME, names[3], "early share S(Θ_b, Θ_b+k)/S(Θ_b, Θ_b+W) at the lowest lr minus "
+            "the largest at a higher lr", lead_value, "> 0",
+            stats.verdict(lead_value, lead_interval, 1e-12, ">="), units,
+            n=_seed_count(early), low=lead_interval[0], high=lead_interval[1]),
     ]
 
 
+def _sequence_row(ds: Any, t: dict[str, float], classes: int, tasks: int, shared: int,
+                  label: str) -> list[Row]:
+    name = f"5. reactivation at every boundary of a task sequence: {label}"
+    sub = subset(ds, ("regime", "seed", "boundary"), n_tasks=tasks, classes_per_task=classes,
+                 shared_classes=shared, shift="conceptual")
+    if sub is None:
+        return untested(NAME, [name], f"no sequence of {tasks} tasks of {classes} classes "
+                                      f"sharing {shared}")
+    spikes = sub["velocity_spike"].sel(probe=1, boundary=list(range(1, tasks)))
+    values = _seeds_last(spikes, "boundary", "regime")
+    per_boundary = stats.quiet(np.nanmedian, values.reshape(tasks - 1, -1), axis=1)
+    row = _cells_row(name, "the velocity spike (every boundary and regime)", values,
+                     t["spike"], ">=", f"{tasks} tasks of {classes} classes sharing {shared}; "
+                     "median per boundary: " + ", ".join(f"{v:.3g}" for v in per_boundary))
+    return [row]
+
+
 def claim_sequence(ds: Any, t: dict[str, float]) -> list[Row]:
-    """Claim 5: reactivation repeats at every boundary of a longer task sequence."""
-    name = "5. reactivation at every boundary of a task sequence"
-    longest = int(ds["n_tasks"].max())
-    if longest < 3:
-        return [Row("reactivation", name, "—", np.nan, "—", "untested", "no sequence of ≥ 3 tasks")]
-    sub = subset(ds, ("regime", "seed", "boundary"), n_tasks=longest)
-    spikes = sub["velocity_spike"].sel(probe=1).transpose("boundary", ...).values
-    per_boundary = nanmedian(spikes.reshape(spikes.shape[0], -1), 1)[: longest - 1]
-    value = float(np.nanmin(per_boundary))
-    return [Row("reactivation", name, "min over boundaries of the median velocity spike",
-                value, f">= {t['spike']}", check(value, t["spike"], ">="),
-                f"{longest} tasks; per boundary: "
-                + ", ".join(f"{v:.3g}" for v in per_boundary))]
+    """Claim 5: reactivation repeats at every boundary of a longer task sequence — on a
+    sequence of disjoint tasks and on one whose tasks overlap."""
+    if int(ds["n_tasks"].max()) < 3:
+        return untested(NAME, ["5. reactivation at every boundary of a task sequence"],
+                        "no sequence of ≥ 3 tasks")
+    long = ds["n_tasks"].values >= 3
+    kinds = sorted({(int(c), int(n), int(k)) for c, n, k in zip(
+        ds["classes_per_task"].values[long], ds["n_tasks"].values[long],
+        ds["shared_classes"].values[long])}, key=lambda kind: (kind[2] > 0, kind))
+    rows = []
+    for classes, tasks, shared in kinds:
+        label = "disjoint" if shared == 0 else f"overlapping ({shared} of {classes} shared)"
+        rows += _sequence_row(ds, t, classes, tasks, shared, label)
+    return rows
 
 
 def claims(ds: Any, t: dict[str, float]) -> list[Row]:
@@ -276,12 +538,81 @@ def claims(ds: Any, t: dict[str, float]) -> list[Row]:
 
 # ---- figures ----------------------------------------------------------------------------------
 
-METRICS = {"spectral_norm": "spectral norm ‖Θ‖₂", "kernel_distance": "distance from init S(Θ₀, Θₜ)",
-           "kernel_velocity": "velocity S(Θₜ, Θₜ₊dt)/dt", "kernel_alignment": "alignment CKA(Θ, YYᵀ)"}
-REGIME_NAMES = {"lazy": "lazy (NTK param., η ∝ 1/width)", "feature": "feature learning (standard param.)"}
+METRICS = {"spectral_norm": "spectral norm ‖Θ‖₂",
+           "kernel_distance": "distance from init S(Θ₀, Θₜ)",
+           "kernel_velocity": "velocity S(Θₜ, Θₜ₊₁) at dt = 1",
+           "kernel_alignment": "alignment CKA(Θ, YYᵀ)"}
+REGIME_NAMES = {"lazy": "lazy (NTK param., width-independent η)",
+                "feature": "feature learning (standard param.)"}
 
-def _metric_panel(ax: Any, name: str, regime: Any) -> None:
-    plots.boundary_axis(ax)
+
+def seed_series(one: Any, variable: str, boundary: int = 1,
+                probe: int = 1) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(steps since the boundary, values) per seed of one grid cell at its own snapshots; a
+    velocity only where it spans one step (dt = 1: the only velocities comparable to each
+    other)."""
+    out = []
+    for seed in (one["seed"].values if "seed" in one.dims else [None]):
+        cell = one.sel(seed=seed) if seed is not None else one
+        da = cell[variable].sel(probe=probe) if "probe" in cell[variable].dims else cell[variable]
+        has = snapshot_mask(cell) if "spectral_norm" in cell else np.isfinite(da.values)
+        steps, values = cell["step"].values[has], da.values[has]
+        if variable == "kernel_velocity":
+            keep = np.zeros(len(steps), dtype=bool)
+            keep[:-1] = np.diff(steps) == 1
+            steps, values = steps[keep], values[keep]
+        ok = np.isfinite(values)
+        if not ok.any():
+            continue
+        start = float(cell["boundary_step"].sel(boundary=boundary)) \
+            if "boundary" in cell.dims else 0.0
+        out.append((steps[ok] - start, values[ok]))
+    return out
+
+
+def draw_series(ax: Any, series: list[tuple[np.ndarray, np.ndarray]], color: Any,
+                label: str | None, join: int = 1) -> None:
+    """Each seed's measured points (markers; lines only between steps at most `join` apart,
+    never across a gap), and the seed mean with its min–max band where every seed has a
+    snapshot at the same step since the boundary."""
+    for x, y in series:
+        ax.plot(x, y, ".", ms=2, color=color, alpha=0.35, lw=0)
+    if not series:
+        return
+    common = sorted(set.intersection(*(set(x.tolist()) for x, _ in series)))
+    if not common:
+        return
+    table = np.array([[y[np.searchsorted(x, c)] for c in common] for x, y in series])
+    x = np.array(common, dtype=float)
+    mean, low, high = table.mean(0), table.min(0), table.max(0)
+    breaks = np.flatnonzero(np.diff(x) > join) + 1
+    for k, part in enumerate(np.split(np.arange(len(x)), breaks)):
+        style = "-" if len(part) > 1 else "o"
+        ax.plot(x[part], mean[part], style, color=color, lw=1.4, ms=3,
+                label=label if k == 0 else None)
+        if len(series) > 1 and len(part) > 1:
+            ax.fill_between(x[part], low[part], high[part], color=color, alpha=0.2, lw=0)
+
+
+def _window_axis(ax: Any, dense: int) -> None:
+    """Steps since the boundary on a symlog axis, the dense dt = 1 windows shaded."""
+    ax.set_xscale("symlog", linthresh=max(dense, 1))
+    if dense:
+        ax.axvspan(-dense, dense, color="0.92", zorder=0, lw=0)
+    ax.axvline(0, color="k", ls="--", lw=0.8)
+    ax.set_xlabel("steps since task boundary")
+
+
+def _dense(ds: Any) -> int:
+    return int(ds.attrs.get("dense_steps", 0) or 0)
+
+
+def _join(ds: Any) -> int:
+    return max(1, int(ds.attrs.get("after_boundary_every", 1) or 1))
+
+
+def _metric_panel(ax: Any, name: str, regime: Any, dense: int) -> None:
+    _window_axis(ax, dense)
     ax.set_title(f"{METRICS[name]}\n{REGIME_NAMES.get(str(regime), regime)}", fontsize=9)
     if name == "kernel_velocity":
         ax.set_yscale("log")
@@ -289,26 +620,27 @@ def _metric_panel(ax: Any, name: str, regime: Any) -> None:
 
 def curves(ds: Any, path: str | Path, *, line: str, title: str,
            metrics: tuple[str, ...] = tuple(METRICS), **fixed: Any) -> None:
-    """Metrics against steps since the first boundary: one row per regime, one line per value
-    of `line`, mean and min–max over seeds; later boundaries dotted."""
+    """Metrics against steps since the first boundary: one row per regime, one colour per
+    value of `line`; seeds as points, their mean where all have a snapshot."""
     plt = plots.pyplot()
     palette = np.unique(ds[line].values)
-    ds = grid(ds, ("regime", line, "seed"), **fixed)
-    regimes = [r for r in ds["regime"].values if plots.has_data(ds["spectral_norm"].sel(regime=r))]
+    dense, join = _dense(ds), _join(ds)
+    view = grid(ds, ("regime", line, "seed"), **fixed)
+    regimes = [r for r in view["regime"].values
+               if plots.has_data(view["spectral_norm"].sel(regime=r))]
     if not regimes:
         raise ValueError(f"no runs for this figure ({title}); is its sweep in the config?")
-    fig, axes = plt.subplots(len(regimes), len(metrics), figsize=(4 * len(metrics),
-                             3.4 * len(regimes)), squeeze=False)
-    colors = plots.colors(plt.cm.viridis, 0.9, palette, ds[line].values)
+    fig, axes = plt.subplots(len(regimes), len(metrics), figsize=(4.3 * len(metrics),
+                             3.6 * len(regimes)), squeeze=False)
+    colors = plots.colors(plt.cm.viridis, 0.9, palette, view[line].values)
     for row, regime in zip(axes, regimes):
         for name, ax in zip(metrics, row):
-            for value, color in zip(ds[line].values, colors):
-                one = ds.sel(regime=regime, **{line: value})
-                x, table = plots.relative_curves(one, name)
-                if len(x):
-                    plots.band(ax, x, table, f"{line} {value}{plots.diverged_note(one)}", color)
-                    _later_boundaries(ax, one)
-            _metric_panel(ax, name, regime)
+            for value, color in zip(view[line].values, colors):
+                one = view.sel(regime=regime, **{line: value})
+                draw_series(ax, seed_series(one, name), color,
+                            f"{line} {value}{plots.diverged_note(one)}", join)
+                _later_boundaries(ax, one)
+            _metric_panel(ax, name, regime, dense)
         row[0].legend(fontsize=8)
     plots.finish(fig, title, path)
 
@@ -317,8 +649,7 @@ def _later_boundaries(ax: Any, one: Any) -> None:
     """Dotted lines at boundaries after the first (task sequences), relative to the first."""
     if "boundary" not in one.dims or one.sizes["boundary"] < 2:
         return
-    steps = one["boundary_step"].values.reshape(-1, one.sizes["boundary"]) \
-        if one["boundary_step"].ndim > 1 else one["boundary_step"].values[None]
+    steps = one["boundary_step"].values.reshape(-1, one.sizes["boundary"])
     for row in steps:
         if np.isfinite(row).all():
             for b in row[1:]:
@@ -328,72 +659,96 @@ def _later_boundaries(ax: Any, one: Any) -> None:
 
 def metrics_by_width(ds: Any, path: str | Path) -> None:
     """The four metrics around the boundary: one row per regime, one line per width."""
-    curves(ds, path, line="width", shift="conceptual", shared_classes=0, n_tasks=2,
+    curves(ds, path, line="width", **CLASS_INCREMENTAL,
            title="NTK on task-1 probe data across a class-incremental task shift "
-                 "(mean and min–max over seeds)")
+                 "(seeds as points; mean and min–max where all have a snapshot)")
 
 
 def frequency_shift(ds: Any, path: str | Path) -> None:
-    """Frequency shifts (lines per α) beside the class-incremental shift."""
+    """Frequency shifts (colours per α) beside the class-incremental shift (black)."""
     plt = plots.pyplot()
     palette = np.unique(ds["alpha"].values)
+    dense, join = _dense(ds), _join(ds)
     freq = grid(ds, ("regime", "alpha", "seed"), shift="frequency", n_tasks=2)
-    concept = grid(ds, ("regime", "seed"), shift="conceptual", shared_classes=0, n_tasks=2)
-    regimes = [r for r in freq["regime"].values if plots.has_data(freq["spectral_norm"].sel(regime=r))]
+    concept = grid(ds, ("regime", "seed"), **CLASS_INCREMENTAL)
+    regimes = [r for r in freq["regime"].values
+               if plots.has_data(freq["spectral_norm"].sel(regime=r))]
     names = ("spectral_norm", "kernel_velocity", "kernel_alignment")
-    fig, axes = plt.subplots(len(regimes), len(names), figsize=(4.2 * len(names),
-                             3.4 * len(regimes)), squeeze=False)
+    fig, axes = plt.subplots(len(regimes), len(names), figsize=(4.3 * len(names),
+                             3.6 * len(regimes)), squeeze=False)
     colors = plots.colors(plt.cm.plasma, 0.85, palette, freq["alpha"].values)
     for row, regime in zip(axes, regimes):
         for name, ax in zip(names, row):
             for alpha, color in zip(freq["alpha"].values, colors):
                 one = freq.sel(regime=regime, alpha=alpha)
-                x, table = plots.relative_curves(one, name)
-                if len(x):
-                    plots.band(ax, x, table, f"frequency α={alpha:g}{plots.diverged_note(one)}", color)
+                draw_series(ax, seed_series(one, name), color,
+                            f"frequency α={alpha:g}{plots.diverged_note(one)}", join)
             if regime in concept["regime"].values:  # no such runs: no regimes
-                x, table = plots.relative_curves(concept.sel(regime=regime), name)
-                if len(x):
-                    plots.band(ax, x, table, "class-incremental", "k")
-            _metric_panel(ax, name, regime)
+                draw_series(ax, seed_series(concept.sel(regime=regime), name), "k",
+                            "class-incremental", join)
+            _metric_panel(ax, name, regime, dense)
         row[0].legend(fontsize=7)
     plots.finish(fig, "Frequency shift (same classes, proportions D_α) vs class-incremental "
-                 "shift", path)
+                      "shift", path)
 
 
 def learning_rate(ds: Any, path: str | Path) -> None:
     """The checkmark for each learning rate."""
-    curves(ds, path, line="lr", shift="conceptual", shared_classes=0, n_tasks=2,
+    curves(ds, path, line="lr", **CLASS_INCREMENTAL,
            metrics=("spectral_norm", "kernel_velocity", "kernel_distance"),
-           title="Learning rate and the checkmark (class-incremental shift)")
+           title="Learning rate and the checkmark (class-incremental shift; steps, not η·t)")
 
 
 def task_sequence(ds: Any, path: str | Path) -> None:
-    """A sequence of more than two tasks: reactivation at every boundary."""
-    longest = int(ds["n_tasks"].max())
-    if longest < 3:
+    """Sequences of more than two tasks: reactivation at every boundary, one row per kind."""
+    plt = plots.pyplot()
+    long = ds["n_tasks"].values >= 3
+    if not long.any():
         raise ValueError("no sequence of ≥ 3 tasks in the summary; add a sweep with n_tasks ≥ 3")
-    curves(ds, path, line="width", n_tasks=longest,
-           metrics=("spectral_norm", "kernel_velocity", "kernel_alignment"),
-           title=f"A sequence of {longest} tasks (boundaries after the first dotted)")
+    kinds = sorted({(int(c), int(n), int(k)) for c, n, k in zip(
+        ds["classes_per_task"].values[long], ds["n_tasks"].values[long],
+        ds["shared_classes"].values[long])}, key=lambda kind: (kind[2] > 0, kind))
+    names = ("spectral_norm", "kernel_velocity", "kernel_alignment")
+    fig, axes = plt.subplots(len(kinds), len(names), figsize=(4.3 * len(names),
+                             3.6 * len(kinds)), squeeze=False)
+    dense, join = _dense(ds), _join(ds)
+    for row, (classes, tasks, shared) in zip(axes, kinds):
+        view = grid(ds, ("regime", "seed"), n_tasks=tasks, classes_per_task=classes,
+                    shared_classes=shared, shift="conceptual")
+        label = "disjoint" if shared == 0 else f"{shared} of {classes} classes shared"
+        for name, ax in zip(names, row):
+            for i, regime in enumerate(view["regime"].values):
+                one = view.sel(regime=regime)
+                draw_series(ax, seed_series(one, name), f"C{i}",
+                            f"{regime}{plots.diverged_note(one)}", join)
+                _later_boundaries(ax, one)
+            _window_axis(ax, dense)
+            if name == "kernel_velocity":
+                ax.set_yscale("log")
+            ax.set_title(f"{METRICS[name]}\n{tasks} tasks of {classes} classes, {label}",
+                         fontsize=9)
+        row[0].legend(fontsize=8)
+    plots.finish(fig, "Task sequences: reactivation at every boundary (later boundaries "
+                      "dotted)", path)
 
 
 def accuracy_by_task(ds: Any, path: str | Path) -> None:
     """Held-out accuracy on each task over time, one panel per regime and width."""
     plt = plots.pyplot()
-    ds = grid(ds, ("regime", "width", "seed"), shift="conceptual", shared_classes=0, n_tasks=2)
-    regimes = [r for r in ds["regime"].values if plots.has_data(ds["test_accuracy"].sel(regime=r))]
-    widths = ds["width"].values
-    fig, axes = plt.subplots(len(regimes), len(widths), figsize=(4 * len(widths), 3.2 * len(regimes)),
-                             squeeze=False, sharey=True)
+    view = grid(ds, ("regime", "width", "seed"), **CLASS_INCREMENTAL)
+    regimes = [r for r in view["regime"].values
+               if plots.has_data(view["test_accuracy"].sel(regime=r))]
+    widths = view["width"].values
+    fig, axes = plt.subplots(len(regimes), len(widths), figsize=(4 * len(widths),
+                             3.2 * len(regimes)), squeeze=False, sharey=True)
+    dense, join = _dense(ds), _join(ds)
     for row, regime in zip(axes, regimes):
         for ax, width in zip(row, widths):
-            one = ds.sel(regime=regime, width=width)
+            one = view.sel(regime=regime, width=width)
             for task in one["task"].values:
-                x, table = plots.relative_curves(one.sel(task=task), "test_accuracy")
-                if len(x):
-                    plots.band(ax, x, table, f"task {task}", f"C{int(task) - 1}")
-            plots.boundary_axis(ax)
+                draw_series(ax, seed_series(one.sel(task=task), "test_accuracy"),
+                            f"C{int(task) - 1}", f"task {task}", join)
+            _window_axis(ax, dense)
             ax.set_title(f"{regime}, width {width}", fontsize=9)
             ax.set_ylim(0, 1.02)
         row[0].set_ylabel("held-out accuracy")
@@ -402,36 +757,67 @@ def accuracy_by_task(ds: Any, path: str | Path) -> None:
 
 
 def similarity_sweep(ds: Any, path: str | Path) -> None:
-    """Reactivation measures at the boundary against task similarity, per regime."""
+    """Boundary measures against task similarity, per regime."""
     plt = plots.pyplot()
-    # Fix every other key first, then classes_per_task to its best-populated value among those.
-    first = grid(ds, ("regime", "shared_classes", "seed", "classes_per_task"),
-                 shift="conceptual", n_tasks=2)
-    fixed = {k: first[k].item() for k in SWEEP_KEYS if k in first.coords and k not in first.dims}
-    ds = grid(ds, ("regime", "shared_classes", "seed"), **fixed)
-    measures = {"velocity_spike": "velocity spike (peak / pre-boundary median)",
-                "norm_dip": "norm dip depth", "alignment_deflection": "alignment deflection",
-                "distance_jump": "distance jump"}
-    fig, axes = plt.subplots(1, len(measures), figsize=(4.2 * len(measures), 3.4))
-    similarity = ds["similarity"].values
+    view = _similarity_view(ds)
+    measures = {"velocity_spike": "velocity spike (peak / pre-boundary median, dt = 1)",
+                "velocity_excess": "velocity excess over the similarity-1 control",
+                "norm_dip": "norm dip depth", "alignment_deflection": "alignment deflection"}
+    fig, axes = plt.subplots(1, len(measures), figsize=(4.3 * len(measures), 3.6))
+    similarity = view["similarity"].values
     for ax, (name, title) in zip(axes, measures.items()):
-        for i, regime in enumerate(ds["regime"].values):
-            values = ds[name].sel(regime=regime, probe=1, boundary=1).transpose(
-                "shared_classes", "seed").values
+        for i, regime in enumerate(view["regime"].values):
+            values = _seeds_last(view[name].sel(regime=regime, probe=1, boundary=1),
+                                 "shared_classes")
             if not np.isfinite(values).any():
                 continue
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 mean, std = np.nanmean(values, 1), np.nanstd(values, 1)
+            for level, row in zip(similarity, values):
+                ax.plot(np.full(len(row), level), row, ".", color=f"C{i}", alpha=0.35, ms=3)
             ok = np.isfinite(mean)
             ax.errorbar(similarity[ok], mean[ok], yerr=std[ok], marker="o", capsize=3,
-                        label=f"{regime}{plots.diverged_note(ds.sel(regime=regime))}",
+                        label=f"{regime}{plots.diverged_note(view.sel(regime=regime))}",
                         color=f"C{i}")
         ax.set_xlabel("similarity |C₁∩C₂| / |C₁∪C₂|")
         ax.set_title(title, fontsize=9)
     axes[0].legend(fontsize=8)
     plots.finish(fig, "Reactivation shrinks as task 2 shares more classes with task 1 "
-                 "(mean ± sd over seeds)", path)
+                      "(seeds as points; mean ± sd)", path)
+
+
+def laziness(ds: Any, path: str | Path) -> None:
+    """How far the kernel moves over task 1, and how long task 1 trains, against width: the
+    lazy regime's S(Θ_0, Θ_b) should fall like 1/width at a width-independent length."""
+    plt = plots.pyplot()
+    view = grid(ds, ("regime", "width", "seed"), **CLASS_INCREMENTAL)
+    widths = view["width"].values.astype(float)
+    fig, axes = plt.subplots(1, 2, figsize=(9.5, 3.8))
+    for i, regime in enumerate(view["regime"].values):
+        one = view.sel(regime=regime)
+        moved = _seeds_last(_at(one, "boundary_kernel_distance"), "width")
+        length = _seeds_last(one["task_steps"].sel(trained_task=1), "width")
+        for ax, values in zip(axes, (moved, length)):
+            for w, row in zip(widths, values):
+                ax.plot(np.full(len(row), w), row, ".", color=f"C{i}", alpha=0.4, ms=4)
+            ax.plot(widths, stats.quiet(np.nanmedian, values, axis=1), "o-", color=f"C{i}",
+                    label=REGIME_NAMES.get(str(regime), regime))
+    reference = stats.quiet(np.nanmedian, _seeds_last(_at(view.sel(regime=view["regime"].values[0]),
+                                                          "boundary_kernel_distance"), "width"),
+                            axis=1)
+    if np.isfinite(reference[0]):
+        axes[0].plot(widths, reference[0] * widths[0] / widths, "k:", lw=1, label="∝ 1/width")
+    for ax, label in zip(axes, ("S(Θ₀, Θ_b) at the end of task 1", "phase-1 steps")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xticks(widths, [f"{w:g}" for w in widths])
+        ax.minorticks_off()
+        ax.set_xlabel("width")
+        ax.set_ylabel(label)
+        ax.legend(fontsize=7)
+    plots.finish(fig, "Is the lazy regime lazy? Kernel movement and phase-1 length by width",
+                 path)
 
 
 # ---- the study --------------------------------------------------------------------------------
@@ -444,17 +830,28 @@ def _has_class_incremental(points: list[dict[str, Any]], analyses: set[str]) -> 
     return any(p["shared_classes"] == 0 for p in _two_task_conceptual(points))
 
 
+def _settings(config: dict[str, Any]) -> dict[str, Any]:
+    t = config["train"]
+    out = {"dense_steps": t["snapshots"]["dense_steps"],
+           "after_boundary": dict(t["snapshots"]["after_boundary"]),
+           "recovery_tolerance": config["metrics"]["recovery_tolerance"],
+           "lazy_lr_scale": t["lazy_lr_scale"], "lazy_width_exponent": t["lazy_width_exponent"]}
+    if t["lazy_width_exponent"]:
+        out["lazy_reference_width"] = t["lazy_reference_width"]
+    return out
+
+
 STUDY = Study(
     name=NAME,
     title="Reactivation",
     claims=claims,
     measures=boundary_measures,
-    settings=lambda config: {"window": config["metrics"]["window"],
-                             "recovery_tolerance": config["metrics"]["recovery_tolerance"]},
+    settings=_settings,
     headline=headline,
     thresholds={
         "spike": Threshold(2.0, "a velocity 'spike' is a peak at least this many times the "
-                                "pre-boundary median"),
+                                "pre-boundary median (and the shift moves the kernel at least "
+                                "this many times as fast as its matched control)"),
         "dip": Threshold(0.05, "the norm 'drops sharply': by at least this fraction of its "
                                "boundary value"),
         "deflection": Threshold(0.01, "the alignment 'deflects': moves by at least this much "
@@ -464,12 +861,19 @@ STUDY = Study(
                                           "similarity at most this"),
         "lr_rho": Threshold(0.5, "'high lr, more pronounced checkmark': Spearman ρ of dip vs lr "
                                  "at least this"),
+        "lazy_slope_band": Threshold(0.5, "'the lazy regime is lazy': the log–log slope of "
+                                          "S(Θ_0, Θ_b) against width within this of −1"),
+        "length_slope": Threshold(0.2, "'phase 1 does not lengthen with width': the log–log "
+                                       "slope of its steps against width at most this"),
     },
     figures=(
         Figure("metrics_by_width", metrics_by_width, "captions/metrics_by_width.rst",
                "width sweep", _has_class_incremental),
         Figure("accuracy_by_task", accuracy_by_task, "captions/accuracy_by_task.rst",
                "width sweep", _has_class_incremental),
+        Figure("laziness", laziness, "captions/laziness.rst", "width sweep",
+               lambda points, analyses: len({p["width"] for p in _two_task_conceptual(points)
+                                             if p["shared_classes"] == 0}) >= 2),
         Figure("similarity_sweep", similarity_sweep, "captions/similarity_sweep.rst",
                "similarity sweep",
                lambda points, analyses: len({p["shared_classes"] for p in
