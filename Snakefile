@@ -7,6 +7,7 @@ if not workflow.overwrite_configfiles:
 
     configfile: "config.yaml"
 
+
 report: "workflow/report/workflow.rst"
 
 

@@ -17,12 +17,14 @@ STUDIES = ntkstudies.load_all(config["studies"])
 STUDY = {study.name: study for study in STUDIES}
 STUDY_SPECS = {study.name: spec for study, spec in zip(STUDIES, config["studies"])}
 
+
 wildcard_constraints:
     run=ntksweep.id_regex(ntksweep.PHASE1_KEYS),
     shift=ntksweep.id_regex(ntksweep.SHIFT_KEYS),
     split=ntksweep.id_regex(ntksweep.SPLIT_KEYS),
     dataset="[a-z0-9]+",
     study="|".join(STUDY_SPECS),
+
 
 RUNS = sorted(set(ntksweep.iter_runs(config)))
 ANALYSES = ntksweep.run_analyses(config)  # {(run, shift): analyses its sweeps turn on}
@@ -32,8 +34,9 @@ for (_run, _shift), _names in ANALYSES.items():
 METRICS = [f"{R}/runs/{run}/{shift}/metrics.nc" for run, shift in RUNS]
 SUMMARY = f"{R}/summary/metrics.nc"
 _TURNED_ON = {name for names in ANALYSES.values() for name in names}
-STUDY_FIGURES = {study.name: study.applicable(ntksweep.all_points(config), _TURNED_ON)
-                 for study in STUDIES}
+STUDY_FIGURES = {
+    study.name: study.applicable(ntksweep.all_points(config), _TURNED_ON) for study in STUDIES
+}
 FIGURES = [f"{R}/figures/{name}.png" for names in STUDY_FIGURES.values() for name in names]
 
 
@@ -66,7 +69,9 @@ def split_settings(n_tasks=1, shared_classes=0, alpha=0.0):
         "probe_size": config["probe"]["size"],
         "probe_tasks": [t for t in config["probe"]["tasks"] if t <= n_tasks] or [1],
         "imbalance": config["frequency"]["imbalance"],
-        "n_tasks": n_tasks, "shared_classes": shared_classes, "alpha": alpha,
+        "n_tasks": n_tasks,
+        "shared_classes": shared_classes,
+        "alpha": alpha,
     }
 
 
@@ -83,8 +88,10 @@ def snapshot_every(analyses):
 def lr_settings():
     """What turns a run's lr into the learning rate it trains with."""
     t = config["train"]
-    settings = {"lazy_lr_scale": t["lazy_lr_scale"],
-                "lazy_width_exponent": t["lazy_width_exponent"]}
+    settings = {
+        "lazy_lr_scale": t["lazy_lr_scale"],
+        "lazy_width_exponent": t["lazy_width_exponent"],
+    }
     if t["lazy_width_exponent"]:  # the reference width matters only with width scaling
         settings["lazy_reference_width"] = t["lazy_reference_width"]
     return settings
@@ -96,8 +103,11 @@ def phase1_stop(wildcards):
     from ntkpipe.stages.training import max_epochs, target_loss
 
     p1, run = config["train"]["phase1"], run_params(wildcards)
-    stop = {"min_epochs": p1["min_epochs"], "target_loss": target_loss(p1, run["loss"]),
-            "max_epochs": max_epochs(p1, run["optimizer"])}
+    stop = {
+        "min_epochs": p1["min_epochs"],
+        "target_loss": target_loss(p1, run["loss"]),
+        "max_epochs": max_epochs(p1, run["optimizer"]),
+    }
     if stop["target_loss"] is None:  # the accuracy rule: an MSE target makes these moot
         stop.update({k: p1[k] for k in ("target_accuracy", "plateau_epochs", "loss_tolerance")})
     else:
@@ -108,18 +118,28 @@ def phase1_stop(wildcards):
 def phase1_settings(wildcards):
     """Training settings phase 1 depends on (phase-2 settings excluded: no retraining)."""
     t = config["train"]
-    return {"momentum": t["momentum"], **lr_settings(), "phase1": phase1_stop(wildcards),
-            "snapshots": t["snapshots"],
-            "snapshot_every": snapshot_every(PHASE1_ANALYSES.get(wildcards.run, ())),
-            "checkpoint_every": t["checkpoint_every"]}
+    return {
+        "momentum": t["momentum"],
+        **lr_settings(),
+        "phase1": phase1_stop(wildcards),
+        # the post-boundary grid is phase 2's: changing it must not retrain phase 1
+        "snapshots": {k: t["snapshots"][k] for k in ("log_points", "dense_steps")},
+        "snapshot_every": snapshot_every(PHASE1_ANALYSES.get(wildcards.run, ())),
+        "checkpoint_every": t["checkpoint_every"],
+    }
 
 
 def phase2_settings(wildcards):
     """Training settings phase 2 depends on."""
     t = config["train"]
-    return {"momentum": t["momentum"], **lr_settings(), "phase2": t["phase2"],
-            "snapshots": t["snapshots"], "snapshot_every": snapshot_every(analyses_of(wildcards)),
-            "checkpoint_every": t["checkpoint_every"]}
+    return {
+        "momentum": t["momentum"],
+        **lr_settings(),
+        "phase2": t["phase2"],
+        "snapshots": t["snapshots"],
+        "snapshot_every": snapshot_every(analyses_of(wildcards)),
+        "checkpoint_every": t["checkpoint_every"],
+    }
 
 
 def ntk_settings(wildcards):
@@ -136,8 +156,12 @@ def model_settings():
 
 
 # Per-run files a study's measures may read, by kind.
-_RUN_FILES = {"metrics": "{run}/{shift}/metrics.nc", "ntk": "{run}/{shift}/ntk.nc",
-              "sharpness": "{run}/{shift}/sharpness.nc", "train_kernel": "{run}/train_kernel.nc"}
+_RUN_FILES = {
+    "metrics": "{run}/{shift}/metrics.nc",
+    "ntk": "{run}/{shift}/ntk.nc",
+    "sharpness": "{run}/{shift}/sharpness.nc",
+    "train_kernel": "{run}/train_kernel.nc",
+}
 
 
 def study_run_files(name):
@@ -145,9 +169,11 @@ def study_run_files(name):
     every run's, or those of the runs whose sweeps turn the named analysis on."""
     out = {}
     for kind, analysis in STUDY[name].run_files.items():
-        out[kind] = [[run, shift, f"{R}/runs/" + _RUN_FILES[kind].format(run=run, shift=shift)]
-                     for run, shift in RUNS
-                     if analysis is None or analysis in ANALYSES.get((run, shift), ())]
+        out[kind] = [
+            [run, shift, f"{R}/runs/" + _RUN_FILES[kind].format(run=run, shift=shift)]
+            for run, shift in RUNS
+            if analysis is None or analysis in ANALYSES.get((run, shift), ())
+        ]
     return out
 
 

@@ -37,8 +37,10 @@ rule split_tasks:
     log:
         f"{R}/logs/splits/{{split}}/{{shift}}/tasks.log",
     params:
-        split=lambda wc: {**split_settings(**{k: v for k, v in shift_params(wc).items()
-                                              if k != "shift"}), **split_wildcards(wc)},
+        split=lambda wc: {
+            **split_settings(**{k: v for k, v in shift_params(wc).items() if k != "shift"}),
+            **split_wildcards(wc),
+        },
         code=ntksmk.code_hash("ntkpipe.stages.data"),
     script:
         "../scripts/split.py"

@@ -1,9 +1,11 @@
 def snapshot_inputs(wildcards):
     """Data, split and the snapshot files of a run (no phase 2 for a single task)."""
     run = f"{R}/runs/{wildcards.run}"
-    inputs = {"data": f"{R}/data/{run_params(wildcards)['dataset']}.npz",
-              "split": f"{R}/splits/{split_of(wildcards)}/{wildcards.shift}/tasks.npz",
-              "phase1": f"{run}/phase1_snapshots.pt"}
+    inputs = {
+        "data": f"{R}/data/{run_params(wildcards)['dataset']}.npz",
+        "split": f"{R}/splits/{split_of(wildcards)}/{wildcards.shift}/tasks.npz",
+        "phase1": f"{run}/phase1_snapshots.pt",
+    }
     if shift_params(wildcards)["n_tasks"] > 1:
         inputs["phase2"] = f"{run}/{wildcards.shift}/phase2_snapshots.pt"
     return inputs

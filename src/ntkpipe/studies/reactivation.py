@@ -157,7 +157,10 @@ def boundary_measures(summary: Any, files: dict[str, dict[str, str]],
         has = snapshot_mask(one)
         steps = all_steps[has]
         starts = one["boundary_step"].values if len(boundaries) else np.array([])
-        ends = [*starts[1:], steps[-1] if len(steps) else 0]  # each task's last step
+        last = steps[-1] if len(steps) else 0
+        # each task's last step: the next boundary, or the run's end (a run with fewer tasks
+        # than the summary's longest has NaN boundaries after its own)
+        ends = [e if np.isfinite(e) else last for e in [*starts[1:], last]]
         for b, boundary in enumerate(starts):
             if not np.isfinite(boundary):
                 continue
