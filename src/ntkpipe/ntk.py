@@ -33,7 +33,7 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
 from ntkpipe.ntk_backward import Chain, backward, forward_tape, plan_chain
-from ntkpipe.ntk_layers import (add_block, build_elems, choose_form, feature_elems,
+from ntkpipe.ntk_layers import (LayerSpec, add_block, build_elems, choose_form, feature_elems,
                                 layer_features, pair_elems, readout_features)
 
 MODES = ("full", "trace", "per_output", "sum_logits")
@@ -42,7 +42,6 @@ DEFAULT_MEMORY_FRACTION = 0.5
 # Gram rows per diagonal leaf tile: smaller matmuls lose more than symmetry saves (and on a
 # shared machine every small parallel op waits for the busier core).
 LEAF_ROWS = 512
-FUSED = ""  # features key of the Jacobian-form layers stacked into one buffer
 
 
 # ---------------------------------------------------------------------------------------------
@@ -310,57 +309,29 @@ def _plan(net: nn.Module, x1: Tensor, x2: Tensor, symmetric: bool, output_dim: i
 # Features of a chunk of samples
 # ---------------------------------------------------------------------------------------------
 
-def _chunk_features(plan: _Plan, x: Tensor, mode: str, fuse: bool
-                    ) -> dict[str, dict[str, Tensor]]:
-    """Every reached layer's features for the samples `x`; with `fuse`, the Jacobian-form
-    layers' Jacobians side by side in one preallocated buffer (one Gram for all of them)."""
-    n = x.shape[0]
-    widths = _fused_widths(plan, mode) if fuse else {}
-    rows = 1 if mode == "trace" else plan.cot.shape[0]
-    buffer, offset = None, 0
+def _chunk_features(plan: _Plan, x: Tensor, mode: str) -> dict[str, dict[str, Tensor]]:
+    """Every reached layer's features for the samples `x`."""
     tape = forward_tape(plan.chain, x)
     out: dict[str, dict[str, Tensor]] = {}
-    for spec, inp, cot in backward(plan.chain, tape, n, plan.cot):
+    for spec, inp, cot in backward(plan.chain, tape, x.shape[0], plan.cot):
         with torch.no_grad():
             if cot[0] == "D":
-                feats = readout_features(spec, inp, cot[1], cot[2], mode)
+                out[spec.name] = readout_features(spec, inp, cot[1], cot[2], mode)
             else:
-                feats = layer_features(spec, inp, cot[1], mode)
-            if spec.name in widths:
-                if buffer is None:
-                    buffer = x.new_empty(n, rows, sum(widths.values()))
-                width = widths[spec.name]
-                buffer[:, :, offset:offset + width].copy_(feats["J"].reshape(n, rows, width))
-                offset += width
-            else:
-                out[spec.name] = feats
-        del inp, cot, feats  # the next step's cotangent must not meet this one
-    if buffer is not None:
-        out[FUSED] = {"J": buffer}
+                out[spec.name] = layer_features(spec, inp, cot[1], mode)
+        del inp, cot  # the next step's cotangent must not meet this one
     return out
 
 
-def _fused_widths(plan: _Plan, mode: str) -> dict[str, int]:
-    """Columns each layer with Jacobian-type features takes in the fused buffer."""
-    o = plan.cot.shape[0]
-    widths = {}
-    for spec in plan.chain.specs:
-        if spec.form == "jacobian":
-            widths[spec.name] = spec.n_params * (o if mode == "trace" else 1)
-        elif spec.form == "readout" and mode == "trace":
-            widths[spec.name] = spec.fan_out * spec.width
-    return widths if len(widths) > 1 else {}
-
-
-def _all_features(plan: _Plan, x: Tensor, chunk: int, mode: str, fuse: bool
+def _all_features(plan: _Plan, x: Tensor, chunk: int, mode: str
                   ) -> dict[str, dict[str, Tensor]]:
     """Features of all samples of `x`, built chunk by chunk into preallocated buffers."""
     n = x.shape[0]
     if chunk >= n:
-        return _chunk_features(plan, x, mode, fuse)
+        return _chunk_features(plan, x, mode)
     store: dict[str, dict[str, Tensor]] = {}
     for r in _ranges(n, chunk):
-        feats = _chunk_features(plan, x[r.start:r.stop], mode, fuse)
+        feats = _chunk_features(plan, x[r.start:r.stop], mode)
         for name, f in feats.items():
             buffers = store.setdefault(name, {})
             for key, t in f.items():
@@ -391,20 +362,19 @@ def _engine(plan: _Plan, x1: Tensor, x2: Tensor, symmetric: bool, mode: str, per
                          device=x1.device)
     rows = _ranges(n1, sizes.chunk)
     cols = rows if symmetric else _ranges(n2, sizes.chunk)
-    fuse = not per_layer
     if sizes.cache_all:
-        f1 = _all_features(plan, x1, sizes.chunk, mode, fuse)
-        f2 = f1 if symmetric else _all_features(plan, x2, sizes.chunk, mode, fuse)
+        f1 = _all_features(plan, x1, sizes.chunk, mode)
+        f2 = f1 if symmetric else _all_features(plan, x2, sizes.chunk, mode)
         _chunk_pair(plan, f1, f2, range(n1), range(n2), symmetric, mode, per_layer, sizes,
                     result)
     else:
         for bi, r1 in enumerate(rows):
-            f1 = _chunk_features(plan, x1[r1.start:r1.stop], mode, fuse)
+            f1 = _chunk_features(plan, x1[r1.start:r1.stop], mode)
             for bj, r2 in enumerate(cols):
                 if symmetric and bj < bi:
                     continue
-                f2 = f1 if symmetric and bi == bj else _chunk_features(
-                    plan, (x1 if symmetric else x2)[r2.start:r2.stop], mode, fuse)
+                f2 = f1 if symmetric and bi == bj else \
+                    _chunk_features(plan, (x1 if symmetric else x2)[r2.start:r2.stop], mode)
                 _chunk_pair(plan, f1, f2, r1, r2, symmetric, mode, per_layer, sizes, result)
                 del f2
             del f1
@@ -417,28 +387,27 @@ def _chunk_pair(plan: _Plan, f1: dict, f2: dict, r1: range, r2: range, symmetric
                 mode: str, per_layer: bool, sizes: "_Sizes", result: Tensor) -> None:
     """Every tile between the samples r1 and r2 (upper triangle only when they coincide)."""
     o = plan.cot.shape[0]
-    names = [s.name for s in plan.chain.specs if s.name in f1 and s.name in f2]
-    names += [FUSED] if FUSED in f1 else []
+    specs = [s for s in plan.chain.specs if s.name in f1 and s.name in f2]
     leaf = max(1, math.ceil(LEAF_ROWS / (o if mode in ("full", "sum_logits") else 1)))
     for s1, s2 in _tile_pairs(len(r1), len(r2), symmetric and r1 == r2, leaf, sizes.tile):
         i = range(r1.start + s1.start, r1.start + s1.stop)
         j = range(r2.start + s2.start, r2.start + s2.stop)
         tile = torch.empty(_tile_shape(mode, len(i), len(j), o), dtype=result.dtype,
                            device=result.device)
-        for layer, group in _layer_groups(plan, names, per_layer):
+        for layer, group in _layer_groups(plan, specs, per_layer):
             tile.zero_()
             with torch.no_grad():
-                for name in group:
-                    add_block(f1[name], f2[name], s1, s2, mode, tile)
+                for spec in group:
+                    add_block(spec, f1[spec.name], f2[spec.name], s1, s2, mode, tile)
             _write(result[layer], tile, i, j, mode, symmetric)
 
 
-def _layer_groups(plan: _Plan, names: list[str], per_layer: bool
-                  ) -> list[tuple[int, list[str]]]:
-    """(result slot, feature sets summed into it): each layer alone, or all together."""
+def _layer_groups(plan: _Plan, specs: list[LayerSpec], per_layer: bool
+                  ) -> list[tuple[int, list[LayerSpec]]]:
+    """(result slot, layers summed into it): each layer alone, or all together."""
     if per_layer:
-        return [(plan.names.index(name), [name]) for name in names]
-    return [(0, names)]
+        return [(plan.names.index(s.name), [s]) for s in specs]
+    return [(0, specs)]
 
 
 def _tile_shape(mode: str, t1: int, t2: int, o: int) -> tuple[int, ...]:

@@ -362,9 +362,11 @@ def _jacobian(spec: LayerSpec, x: Tensor, g: Tensor) -> Tensor:
         return out.view(n, o, -1)
     patches = xt[:, 0]                                 # (n, P, d')
     merged = _try_view(gc, (n, o * spec.fan_out, spec.positions))
-    if merged is None:  # e.g. output-major autograd cotangents: one copy, not O' matmuls
-        merged = gc.contiguous().view(n, o * spec.fan_out, spec.positions)
-    torch.bmm(merged, patches, out=out.view(n, o * spec.fan_out, spec.width))
+    if merged is not None:  # one batched matmul straight into the buffer
+        torch.bmm(merged, patches, out=out.view(n, o * spec.fan_out, spec.width))
+    else:
+        for a in range(o):
+            out[:, a] = torch.bmm(gc[:, a], patches)
     return out.view(n, o, -1)
 
 
@@ -398,9 +400,9 @@ def _module_jacobian(spec: LayerSpec, x: Tensor, g: Tensor) -> Tensor:
 # Blocks: one layer's contribution to a tile
 # ---------------------------------------------------------------------------------------------
 
-def add_block(f1: dict[str, Tensor], f2: dict[str, Tensor], s1: slice, s2: slice, mode: str,
-              tile: Tensor) -> None:
-    """Add a layer's kernel between samples s1 of f1 and s2 of f2 to `tile` in place."""
+def add_block(spec: LayerSpec, f1: dict[str, Tensor], f2: dict[str, Tensor], s1: slice,
+              s2: slice, mode: str, tile: Tensor) -> None:
+    """Add the layer's kernel between samples s1 of f1 and s2 of f2 to `tile` in place."""
     if "J" in f1:
         _jacobian_block(f1["J"][s1], f2["J"][s2], mode, tile)
     elif "H" in f1:

@@ -16,6 +16,8 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ntkpipe import stats
+
 COLUMNS = ("study", "claim", "statistic", "value", "low", "high", "p_value", "n", "threshold",
            "holds", "note")
 VERDICTS = ("true", "false", "inconclusive", "untested")
@@ -46,19 +48,6 @@ def nanmedian(values: Any, axis: Any = None) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return np.nanmedian(values, axis=axis)
-
-
-def spearman(x: np.ndarray, y: np.ndarray) -> float:
-    """Spearman ρ over the finite pairs; 0 when either side is constant (no trend), NaN when
-    fewer than three pairs."""
-    from scipy.stats import spearmanr
-
-    ok = np.isfinite(x) & np.isfinite(y)
-    if ok.sum() < 3:
-        return float("nan")
-    if np.ptp(x[ok]) == 0 or np.ptp(y[ok]) == 0:
-        return 0.0
-    return float(spearmanr(x[ok], y[ok]).statistic)
 
 
 def check(value: float, threshold: float, sense: str) -> str:
@@ -136,7 +125,7 @@ def trend(ds: Any, runs: np.ndarray, key: str, values: np.ndarray) -> tuple[floa
     for group in groups(ds, runs, (key, "seed")):
         ok = group[~np.isnan(values[group])]  # +inf (e.g. γ at perfect alignment) ranks top
         if len(np.unique(x[ok])) >= 2:
-            rhos.append(spearman(x[ok], values[ok]))
+            rhos.append(stats.spearman(x[ok], values[ok]))
     rhos = [r for r in rhos if np.isfinite(r)]
     return (float(np.mean(rhos)) if rhos else np.nan), len(rhos)
 
