@@ -27,7 +27,7 @@ def with_(update: dict) -> dict:
 def test_defaults_are_filled_from_the_schema():
     full = config.validate(BASE)
     assert full["dataset"]["name"] == "digits"
-    assert full["train"]["phase1"]["target_accuracy"] == 0.99
+    assert full["train"]["phase1"]["target_accuracy"] == pytest.approx(0.99)
     assert full["probe"]["size"] == 256
     assert full["results"] == "results"
     assert full["experiments"] is None
@@ -137,8 +137,9 @@ def test_ids_round_trip_and_match_their_regex():
 
 
 def test_effective_lr_of_the_lazy_regime_is_width_independent_unless_asked():
-    assert sweep.effective_lr(0.1, "feature", 1024, 256, 10.0) == 0.1
-    assert sweep.effective_lr(0.1, "feature", 1024, 256, 10.0, width_exponent=1) == 0.1
+    assert sweep.effective_lr(0.1, "feature", 1024, 256, 10.0) == pytest.approx(0.1)
+    assert sweep.effective_lr(0.1, "feature", 1024, 256, 10.0,
+                              width_exponent=1) == pytest.approx(0.1)
     for width in (64, 256, 1024):  # the default: the NTK parametrisation at η · scale
         assert sweep.effective_lr(0.1, "lazy", width, 256, 10.0) == pytest.approx(1.0)
     # the old double scaling, an explicit option: η · scale · (256 / width)
