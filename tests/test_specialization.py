@@ -103,9 +103,9 @@ def test_effective_gamma_solves_science_equation_as_written():
 
 def test_effective_gamma_limits():
     y, k0 = np.random.default_rng(9).normal(size=N), _psd(N, 10, 10)
-    assert sp.effective_gamma(k0, 3 * k0, y) == pytest.approx(0.0, abs=1e-12)  # scale-free: round-off only
+    assert sp.effective_gamma(k0, 3 * k0, y) == pytest.approx(0.0, abs=1e-12)
     off_target = np.eye(N) - np.outer(y, y) / (y @ y)  # adds norm, not yᵀKy
-    assert sp.effective_gamma(k0, k0 + 5 * off_target, y) == pytest.approx(0.0, abs=1e-12)  # less aligned
+    assert sp.effective_gamma(k0, k0 + 5 * off_target, y) == pytest.approx(0.0, abs=1e-12)
     assert sp.effective_gamma(k0, np.outer(y, y), y) == math.inf
 
 
