@@ -11,7 +11,7 @@ import xarray as xr
 from conftest import defaults
 
 from ntkpipe import stages, store, sweep
-from ntkpipe.stages.analyses import sharpness_subset
+from ntkpipe.stages.data import sharpness_subset
 from ntkpipe.stages.kernels import load_snapshots
 from ntkpipe.studies import edge_of_stability, feature_evolution
 from ntkpipe.summary import combine, with_measures
@@ -23,10 +23,13 @@ POINT = {**RUN, "shift": "conceptual", "shared_classes": 0, "alpha": 0.0, "n_tas
 IDS = (sweep.run_id(POINT), sweep.shift_id(POINT))
 PROV = {"wildcards_json": json.dumps({"run": IDS[0], "shift": IDS[1]})}
 MODEL = {"bias": True, "bias_std": 0.1}
+# the dense window opens at the first measurement (any sharpness ≥ 0.01 · 2/η)
+SHARPNESS = {"every": 5, "snapshot_every": 5, "dense": {"from": 0.01, "every": 1, "steps": 3},
+             "subset": 40, "top": 2, "tolerance": 1e-12, "eigenvectors": 6}
 TRAIN = defaults("train", phase1={"target_accuracy": 0.99, "target_loss": {"mse": 1e-9},
                                   "min_epochs": 1, "max_epochs": {"sgd": 2, "gd": 12}},
-                 snapshots={"log_points": 3}, snapshot_every=5, checkpoint_every=0)
-SHARPNESS = {"every": 5, "subset": 40, "top": 2, "tolerance": 1e-12}
+                 snapshots={"log_points": 3}, snapshot_every=5, checkpoint_every=0,
+                 sharpness=SHARPNESS)
 NTK = {"kernels": ["trace", "per_output", "per_layer"], "dtype": "float64", "max_memory_gb": 1}
 METRICS = defaults("metrics", spectrum_top=5)
 
@@ -78,9 +81,38 @@ def _model_at(p, step):
 def test_snapshots_every_k_steps_and_threshold(run):
     sharp = xr.open_dataset(run["sharpness.nc"])
     steps = sharp["step"].values.tolist()
-    assert {0, 5, 10, 12} <= set(steps)  # every 5 steps, and the last (12: max_epochs)
+    assert {0, 1, 2, 3, 5, 10, 12} <= set(steps)  # the window 0-3, every 5, the last (12)
     assert steps == xr.open_dataset(run["ntk.nc"])["step"].values.tolist()
     assert float(sharp["stability_threshold"]) == 2 / 0.05
+    # measured in training at 0, every 5 and over the dense window
+    assert sharp["sharpness_step"].values.tolist() == [0, 1, 2, 3, 5, 10]
+    assert int(sharp["dense_window_step"]) == 0
+
+
+def test_training_subset_kernel_alignment(run):
+    """The full training-subset NTK's target alignment and eigenvector alignment spectrum
+    equal those of the reference (torch.func) kernel, eigendecomposed independently."""
+    from ntkpipe.ntk import reference_ntk
+
+    data, model = _model_at(run, 10)
+    split = stages.load_split(run["tasks.npz"])
+    idx = np.unique(split.train[0])
+    pos = sharpness_subset(data["y_train"][idx], split.classes[0], 40, RUN["seed"], 1)
+    x = torch.from_numpy(data["x_train"][idx[pos]]).double()
+    full = reference_ntk(model, x, mode="full").numpy()  # (n, n, O, O)
+    n, o = full.shape[0], full.shape[2]
+    matrix = full.transpose(0, 2, 1, 3).reshape(n * o, n * o)
+    y = np.eye(o)[data["y_train"][idx[pos]]].reshape(-1)
+    vals, vecs = np.linalg.eigh(matrix)
+    vals, vecs = vals[::-1], vecs[:, ::-1]
+    sharp = xr.open_dataset(run["sharpness.nc"]).sel(step=10)
+    assert float(sharp["train_target_alignment"]) == pytest.approx(
+        y @ matrix @ y / (np.linalg.norm(matrix) * y @ y), rel=1e-8)
+    np.testing.assert_allclose(sharp["train_alignment_spectrum"].values,
+                               (vecs[:, :6].T @ y) ** 2 / (y @ y), rtol=1e-6, atol=1e-12)
+    np.testing.assert_allclose(sharp["train_eigenvalue_fraction"].values,
+                               vals[:6] / np.linalg.norm(matrix), rtol=1e-8)
+    assert float(sharp["gauss_newton_sharpness"]) == pytest.approx(vals[0] / n, rel=1e-8)
 
 
 def test_sharpness_matches_a_dense_hessian(run):
@@ -105,7 +137,7 @@ def test_sharpness_matches_a_dense_hessian(run):
 
     dense = torch.autograd.functional.hessian(loss, flat0).numpy()
     expected = np.sort(np.linalg.eigvalsh(dense))[::-1][:2]
-    got = xr.open_dataset(run["sharpness.nc"])["sharpness"].sel(step=10).values
+    got = xr.open_dataset(run["sharpness.nc"])["sharpness"].sel(sharpness_step=10).values
     np.testing.assert_allclose(got, expected, rtol=1e-8)
 
 
@@ -174,8 +206,10 @@ def test_alignment_spectrum_and_eigenvalue_fraction(run):
 
 def test_sharpness_measures_land_on_the_runs_steps(run, measured):
     sharp = xr.open_dataset(run["sharpness.nc"])
-    np.testing.assert_array_equal(measured["sharpness"].sel(step=sharp["step"]).values,
-                                  sharp["sharpness"].values)
+    np.testing.assert_array_equal(
+        measured["train_target_alignment"].sel(step=sharp["step"]).values,
+        sharp["train_target_alignment"].values)
+    np.testing.assert_array_equal(measured["sharpness"].values, sharp["sharpness"].values)
     assert float(measured["stability_threshold"]) == float(sharp["stability_threshold"])
 
 

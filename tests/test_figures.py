@@ -56,24 +56,26 @@ def tag(ds, point):
 
 
 def eos_fake(point, diverged=-1):
-    """An edge-of-stability run: sharpness, losses and alignments at every 10th step."""
+    """An edge-of-stability run: sharpness every 5 steps, losses and the training-subset
+    kernel's alignments at every 10th step."""
     steps = np.arange(0, 10 * (8 - point["seed"]), 10)  # seeds stop at different steps
+    measured = np.arange(0, steps[-1] + 1, 5)
     rng = np.random.default_rng(point["seed"])
     n, threshold = len(steps), 2 / point["lr"]
-    sharpness = threshold * np.minimum(1, np.linspace(0.5, 1.5, n))
-    spectrum = lambda: rng.uniform(0.01, 0.1, (1, n, 20))  # noqa: E731
+    sharpness = threshold * np.minimum(1, np.linspace(0.5, 1.5, len(measured)))
+    spectrum = lambda: rng.uniform(0.01, 0.1, (n, 20))  # noqa: E731
     return tag(xr.Dataset(
         {"spectral_norm": (("probe", "step"), np.ones((1, n))),
-         "target_alignment": (("probe", "step"), np.linspace(0.1, point["lr"], n)[None]),
-         "top_eigenvector_alignment": (("probe", "step"), np.full((1, n), 0.1)),
-         "alignment_spectrum": (("probe", "step", "eigen"), spectrum()),
-         "eigenvalue_fraction": (("probe", "step", "eigen"), np.sort(spectrum())[..., ::-1]),
+         "train_target_alignment": ("step", np.linspace(0.1, point["lr"], n)),
+         "train_alignment_spectrum": (("step", "eigenvector"), spectrum()),
+         "train_eigenvalue_fraction": (("step", "eigenvector"), np.sort(spectrum())[..., ::-1]),
          "train_loss": (("step", "task"), np.geomspace(1, 0.01, n)[:, None]),
-         "sharpness": (("step", "hessian_eig"), np.stack([sharpness, 0.9 * sharpness], 1)),
-         "gauss_newton_sharpness": ("step", 0.95 * sharpness),
+         "sharpness": (("sharpness_step", "hessian_eig"), np.stack([sharpness, 0.9 * sharpness],
+                                                                   1)),
+         "gauss_newton_sharpness": ("step", 0.95 * sharpness[::2]),
          "stability_threshold": ((), threshold), "diverged_step": ((), diverged)},
-        coords={"step": steps, "probe": [1], "task": [1], "hessian_eig": [1, 2],
-                "eigen": np.arange(1, 21)}), point)
+        coords={"step": steps, "sharpness_step": measured, "probe": [1], "task": [1],
+                "hessian_eig": [1, 2], "eigenvector": np.arange(1, 21)}), point)
 
 
 def fe_fake(point, diverged=-1):

@@ -240,7 +240,7 @@ def test_scorecard_from_a_written_summary(tmp_path):
 EOS_POINT = {**BASE, "optimizer": "gd", "loss": "mse", "batch_size": "full", "activation": "tanh",
              "regime": "feature", "width": 200, "n_tasks": 1, "classes_per_task": 10}
 FE_POINT = {**EOS_POINT, "activation": "relu", "lr": 0.05}
-EOS_STEPS = np.array([0, 10, 20, 30, 40, 50, 60, 70])
+EOS_STEPS = np.arange(0, 75, 5)  # sharpness and snapshots every 5 steps
 
 
 def tag(ds, point):
@@ -249,64 +249,90 @@ def tag(ds, point):
     return ds
 
 
-def eos_run(point, alignment=0.2, top=0.1, settle=1.05, snapshots=8, diverged=-1):
-    """An edge-of-stability run: sharpness at 0.5·2/η over the first half of its snapshots and
-    `settle`·2/η over the rest; A and a₁ rise to `alignment`, `top` at its last snapshot (later
-    steps of the union left NaN)."""
+def eos_run(point, alignment=0.2, top=0.1, settle=1.02, start=0.5, jump=0.01, snapshots=15,
+            diverged=-1):
+    """An edge-of-stability run: the sharpness rises linearly from `start`·2/η to 2/η at step
+    30, then alternates around `settle`·2/η (± 2 %); the training-subset alignment ramps to
+    `alignment` and moves by `jump` over each interval in which the sharpness falls; a₁ ramps
+    to `top` (later steps of the union left NaN)."""
     threshold = 2 / point["lr"]
     steps = EOS_STEPS[:snapshots]
-    sharpness = np.where(np.arange(snapshots) < snapshots // 2, 0.5, settle) * threshold
-    ramp = lambda end: np.linspace(0.1, end, snapshots)[None]  # noqa: E731
+    ratio = np.where(steps < 30, start + (1 - start) * steps / 30,
+                     settle * (1 + 0.02 * (-1.0) ** (steps // 5)))
+    falls = np.concatenate([[0.0], (np.diff(ratio) < 0) & (steps[1:] > 30)])
+    moved = np.cumsum(jump * falls)
+    a = np.linspace(0.1, alignment, snapshots) + moved - moved[-1]
     return tag(xr.Dataset(
         {"spectral_norm": (("probe", "step"), np.ones((1, snapshots))),
-         "target_alignment": (("probe", "step"), ramp(alignment)),
-         "top_eigenvector_alignment": (("probe", "step"), ramp(top)),
-         "sharpness": (("step", "hessian_eig"), np.stack([sharpness, 0.9 * sharpness], 1)),
+         "train_target_alignment": ("step", a),
+         "train_alignment_spectrum": (("step", "eigenvector"),
+                                      np.linspace(0.01, top, snapshots)[:, None]),
+         "sharpness": (("sharpness_step", "hessian_eig"),
+                       np.stack([ratio, 0.9 * ratio], 1) * threshold),
          "stability_threshold": ((), threshold), "diverged_step": ((), diverged)},
-        coords={"step": steps, "probe": [1], "hessian_eig": [1, 2]}), point)
+        coords={"step": steps, "sharpness_step": steps, "probe": [1], "hessian_eig": [1, 2],
+                "eigenvector": [1]}), point)
 
 
-def eos_sweep(alignment=lambda lr: lr, top=lambda lr: lr, settle=lambda lr: 1.05,
-              activation="tanh"):
+def eos_sweep(alignment=lambda lr: lr, top=lambda lr: lr, settle=lambda lr: 1.02,
+              activation="tanh", **kw):
     return [eos_run({**EOS_POINT, "activation": activation, "lr": lr, "seed": s},
-                    alignment(lr), top(lr), settle(lr), snapshots=8 - 2 * s)
+                    alignment(lr), top(lr), settle(lr), snapshots=15 - 2 * s, **kw)
             for lr in (0.05, 0.1, 0.2) for s in (0, 1)]
 
 
+def eos_rows(runs):
+    return [r for r in evaluate(summary(runs), THRESHOLDS) if r.study == "edge_of_stability"]
+
+
 def test_eos_claims_hold():
-    rows = evaluate(summary(width_runs() + eos_sweep()), THRESHOLDS)
-    a, b, c = [r for r in rows if r.study == "edge_of_stability"]
-    assert a.value == pytest.approx(1.0) and a.holds == "true"  # from each run's last snapshot
-    assert b.value == pytest.approx(1.0) and b.holds == "true"
-    assert c.value == pytest.approx(0.05) and c.holds == "true"
-    assert "averaged over 1 group;" in a.note and "0.05: +5.0%" in c.note
+    a, b, c, d, e = eos_rows(width_runs() + eos_sweep())
+    # perfect ρ from each run's last snapshot; p = P(both seeds' orders perfect) ≈ 1/36
+    assert a.value > 0.95 and a.p_value < 0.05 and a.holds == "true"  # ties split by round-off
+    assert b.value == pytest.approx(1.0) and b.holds == "true" and a.n == b.n == 6
+    assert c.value == pytest.approx(1.02 * 1.02) and c.holds == "true"
+    assert "0.05: 0.50" in c.note  # every run starts at half its threshold
+    assert d.value == pytest.approx(0.02, abs=0.005) and d.holds == "true"
+    assert (c.low, c.high) == pytest.approx((c.value, c.value))  # seeds alike: no spread
+    assert e.value == pytest.approx(0.01 / 5) and e.holds == "true"
 
 
 def test_eos_claims_fail():
-    runs = eos_sweep(alignment=lambda lr: 1 - lr, settle=lambda lr: 1.3 if lr == 0.1 else 1.0)
-    a, b, c = [r for r in evaluate(summary(runs), THRESHOLDS)
-               if r.study == "edge_of_stability"]
+    runs = eos_sweep(alignment=lambda lr: 1 - lr, settle=lambda lr: 1.3 if lr == 0.1 else 1.0,
+                     jump=-0.01)
+    a, b, c, d, e = eos_rows(runs)
     assert a.value == pytest.approx(-1.0) and a.holds == "false"
     assert b.holds == "true"
-    assert c.value == pytest.approx(0.3) and c.holds == "false"
-    assert "0.05: +0.0%, 0.1: +30.0%, 0.2: +0.0%" in c.note
+    assert d.value > 0.25 and d.holds == "false" and "0.1: 0.3" in d.note
+    assert e.value == pytest.approx(-0.01 / 5) and e.holds == "false"
 
 
-def test_eos_trend_is_averaged_over_groups():
+def test_eos_runs_starting_above_the_threshold_are_left_out():
+    """A run that starts at or above 2/η shows no progressive sharpening: rows c-e leave it
+    out and say so; with every run there, they are untested."""
+    runs = eos_sweep()
+    runs[0] = eos_run({**EOS_POINT, "lr": 0.05, "seed": 0}, alignment=0.05, start=1.2)
+    c = eos_rows(runs)[2]
+    assert "1 runs starting at or above 2/η left out" in c.note and c.holds == "true"
+    rows = eos_rows(eos_sweep(start=1.2))
+    assert [r.holds for r in rows[2:]] == ["untested"] * 3
+    assert "choose smaller learning rates" in rows[2].note
+
+
+def test_eos_trend_pools_groups():
     runs = eos_sweep() + eos_sweep(alignment=lambda lr: 1 - lr, activation="relu")
     a = rows_by_claim(evaluate(summary(runs), THRESHOLDS), "a.")[0]
-    assert a.value == pytest.approx(0.0)  # (1 + −1) / 2
-    assert "averaged over 2 groups" in a.note and a.holds == "false"
+    assert a.value == pytest.approx(0.0, abs=1e-12)  # opposite trends pooled
+    assert "4 (group, seed) columns" in a.note and a.holds != "true"
 
 
 def test_eos_excludes_diverged_runs():
     runs = eos_sweep()
     runs[0] = eos_run({**EOS_POINT, "lr": 0.05, "seed": 0}, alignment=5.0, settle=3.0,
                       diverged=4)
-    a, _, c = [r for r in evaluate(summary(runs), THRESHOLDS)
-               if r.study == "edge_of_stability"]
-    assert a.value == pytest.approx(1.0) and c.value == pytest.approx(0.05)
-    assert "1 diverged runs excluded" in c.note
+    a, _, _, d, _ = eos_rows(runs)
+    assert a.value > 0.95 and d.holds == "true"
+    assert "1 diverged runs excluded" in d.note
 
 
 def fe_run(point, network=0.05, kgd=0.1, akgd=0.08, alignment=(0.1, 0.2, 0.28, 0.3),
@@ -394,7 +420,7 @@ def test_feature_evolution_excludes_diverged_runs():
 def test_new_studies_untested_without_their_variables():
     rows = evaluate(summary(width_runs()), THRESHOLDS)
     new = [r for r in rows if r.study in ("edge_of_stability", "feature_evolution")]
-    assert len(new) == 10 and {r.holds for r in new} == {"untested"}
+    assert len(new) == 12 and {r.holds for r in new} == {"untested"}
     linear_only = fe_rows([r for r in fe_sweep() if "linear" in r.attrs["wildcards_json"]])
     assert [r.holds for r in linear_only] == ["untested"] * 3 + ["untested", "true"] \
         + ["untested"] * 2

@@ -150,9 +150,31 @@ def _check_sweep(name: str, config: dict[str, Any]) -> None:
             raise ConfigError(f"'{key}.optimizer' is {point['optimizer']!r} but "
                               f"'train.phase1.max_epochs' has no entry for it; add "
                               f"{point['optimizer']}: <epochs>")
+        if "sharpness" in config["sweeps"][name].get("analyses", []) and total is not None:
+            _check_full_kernel(config, total)
         if point["arch"] == "cnn-relu" and point["dataset"] == "digits":
             raise ConfigError(f"'{key}.arch': cnn-relu pools twice and needs images of at "
                               "least 16×16; digits are 8×8 (use mlp or cnn)")
+
+
+def full_kernel_bytes(samples: int, outputs: int, itemsize: int = 8) -> int:
+    """Bytes of a full (P·O × P·O) kernel on `samples` points with the work of its
+    eigendecomposition (about three copies)."""
+    return 3 * (samples * outputs) ** 2 * itemsize
+
+
+def _check_full_kernel(config: dict[str, Any], outputs: int) -> None:
+    """The sharpness analysis' full (P·O × P·O) training-subset kernel and its
+    eigendecomposition must fit the NTK memory budget."""
+    subset, budget = config["analysis"]["sharpness"]["subset"], config["ntk"]["max_memory_gb"]
+    needed = full_kernel_bytes(subset, outputs) / 2**30
+    if needed > budget:
+        fits = int((budget * 2**30 / full_kernel_bytes(1, outputs)) ** 0.5)
+        raise ConfigError(f"'analysis.sharpness.subset' {subset}: its full training-subset NTK "
+                          f"({subset}·{outputs} outputs square, float64, with its "
+                          f"eigendecomposition) needs {needed:.1f} GB, more than "
+                          f"'ntk.max_memory_gb' {budget:g}; lower the subset to {fits} or "
+                          "raise ntk.max_memory_gb")
 
 
 def load(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -140,17 +140,44 @@ def per_value(ds: Any, runs: np.ndarray, key: str, values: np.ndarray, fmt: str 
                          for k in np.unique(keys))
 
 
+def level_table(ds: Any, runs: np.ndarray, key: str, values: np.ndarray
+                ) -> tuple[np.ndarray, np.ndarray]:
+    """(levels, levels × columns) of per-run `values` (indexed by run): a row per value of
+    sweep key `key`, a column per (group of runs alike in every other key, seed); NaN where a
+    group lacks a level."""
+    x = np.asarray(ds[key].values, dtype=float)
+    levels = np.unique(x[runs])
+    columns = []
+    seeds = np.asarray(ds["seed"].values) if "seed" in ds.coords else np.zeros(ds.sizes["run"])
+    for group in groups(ds, runs, (key, "seed")):
+        for seed in np.unique(seeds[group]):
+            column = np.full(len(levels), np.nan)
+            for run in group[seeds[group] == seed]:
+                column[np.searchsorted(levels, x[run])] = values[run]
+            columns.append(column)
+    table = np.stack(columns, 1) if columns else np.full((len(levels), 0), np.nan)
+    return levels, table
+
+
 def trend_row(study: str, name: str, ds: Any, runs: np.ndarray, key: str, values: np.ndarray,
-              symbol: str, threshold: float, what: str) -> Row:
-    """A row checking Spearman ρ of `values` against sweep key `key` (see `trend`)."""
-    rho, count = trend(ds, runs, key, values)
-    note = (f"ρ within each group of {what} alike in every sweep key but {key} and seed "
-            f"(seeds pooled), averaged over {count} group{'s' * (count != 1)}; mean per "
-            f"{key}: "
-            + per_value(ds, runs, key, values))
-    return Row(study, name, f"Spearman ρ of {symbol} vs {key}", rho, f">= {threshold}",
-               check(rho, threshold, ">="), note if count else f"no group of {what} "
-               f"sweeps ≥ 2 values of {key}")
+              symbol: str, threshold: float, what: str, sense: str = ">=") -> Row:
+    """A row checking the trend of per-run `values` against sweep key `key`: Spearman ρ pooled
+    over groups of `what` alike in every other key and their seeds, with the one-sided
+    permutation p-value (levels permuted within each group and seed) and a bootstrap interval
+    over those columns; it holds when ρ clears the threshold at p ≤ 0.05 (`stats.trend_verdict`)."""
+    levels, table = level_table(ds, runs, key, values)
+    n = int(np.isfinite(table).sum())
+    if len(levels) < 2 or n < 3:
+        return Row(study, name, f"Spearman ρ of {symbol} vs {key}", np.nan, f"{sense} {threshold}",
+                   "untested", f"no {what} sweep ≥ 2 values of {key} with 3 runs", n=n)
+    rho, p, interval = stats.trend_test(levels, table, sense)
+    note = (f"ρ over {len(levels)} values of {key} × {table.shape[1]} (group, seed) columns of "
+            f"{what}; median per {key}: "
+            + ", ".join(f"{level:g}: {m:.3g}" for level, m in
+                        zip(levels, stats.quiet(np.nanmedian, table, axis=1))))
+    return Row(study, name, f"Spearman ρ of {symbol} vs {key}", rho, f"{sense} {threshold}",
+               stats.trend_verdict(rho, p, interval, threshold, sense), note, n=n,
+               low=interval[0], high=interval[1], p_value=p)
 
 
 def evaluate(study: Any, ds: Any, thresholds: dict[str, float]) -> list[Row]:

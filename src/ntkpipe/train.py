@@ -112,6 +112,30 @@ class Schedule:
     log_points: int = 16  # log-spaced snapshots per task, over the steps it actually runs
     checkpoint_every: int = 200
     snapshot_every: int = 0  # also snapshot every this many steps of each task (0: off)
+    monitor: "Monitor | None" = None  # a quantity measured along training (the sharpness)
+
+
+@dataclass
+class Monitor:
+    """A quantity measured on the model along training — e.g. the sharpness, as Cohen et al.
+    2021 (arXiv 2103.00065) track it — that opens a window of dense snapshots the first time
+    its leading value reaches `trigger`."""
+
+    every: int  # measured at step 0 and every this many steps
+    measure: Callable[[nn.Module], "list[float]"]  # the model → its values (e.g. top-k)
+    trigger: float = math.inf  # first values[0] ≥ this opens the window ...
+    burst_every: int = 1  # ... of a snapshot (and a measurement) every this many steps
+    burst_steps: int = 0  # over this many steps
+
+    def due(self, step: int, burst_start: int) -> bool:
+        """Whether the quantity is measured after `step` steps."""
+        return step % self.every == 0 or in_burst(step, burst_start, self.burst_every,
+                                                   self.burst_steps)
+
+
+def in_burst(step: int, start: int, every: int, steps: int) -> bool:
+    """Whether `step` lies on the grid of a dense window opened at `start` (−1: none)."""
+    return start >= 0 and 0 <= step - start <= steps and (step - start) % every == 0
 
 
 def _copy_state(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -125,9 +149,11 @@ class TaskSnapshots:
     last k + 1 steps — known only when the task stops."""
 
     def __init__(self, dense: int, log_points: int, every: int, dense_start: bool,
-                 grid: tuple[int, int] = (0, 0)) -> None:
+                 grid: tuple[int, int] = (0, 0), burst: tuple[int, int, int] = (-1, 1, 0)
+                 ) -> None:
         self.dense, self.every, self.dense_start = dense, every, dense_start
         self.grid = tuple(grid)  # (every, over the first how many steps) of a later task
+        self.burst = tuple(burst)  # (start, every, steps): a monitor's dense window (−1: none)
         self.spacer = LogSpacer(log_points)
         self.kept: dict[int, tuple[int, dict]] = {}  # relative step → (epoch, state)
         self.candidates: dict[int, tuple[int, dict]] = {}
@@ -138,7 +164,8 @@ class TaskSnapshots:
         on_grid = self.dense_start and self.grid[0] > 0 and rel % self.grid[0] == 0 \
             and rel <= self.grid[1]
         fixed = ((rel == 0 and not self.dense_start) or (self.dense_start and rel <= self.dense)
-                 or on_grid or (self.every > 0 and rel % self.every == 0))
+                 or on_grid or (self.every > 0 and rel % self.every == 0)
+                 or in_burst(rel, *self.burst))
         candidate = self.spacer.wants(rel)
         entry = (epoch, _copy_state(model))
         if fixed:
@@ -163,13 +190,14 @@ class TaskSnapshots:
     def state(self) -> dict:
         """What a resumed run needs to keep the same snapshots."""
         return {"dense": self.dense, "every": self.every, "dense_start": self.dense_start,
-                "grid": list(self.grid), "spacer": self.spacer.state(), "kept": dict(self.kept),
+                "grid": list(self.grid), "burst": list(self.burst), "spacer": self.spacer.state(), "kept": dict(self.kept),
                 "candidates": dict(self.candidates), "ring": list(self.ring)}
 
     @classmethod
     def from_state(cls, state: dict) -> "TaskSnapshots":
         """The snapshots `state` describes."""
-        plan = cls(state["dense"], 0, state["every"], state["dense_start"], state["grid"])
+        plan = cls(state["dense"], 0, state["every"], state["dense_start"], state["grid"],
+                   state.get("burst", (-1, 1, 0)))
         plan.spacer = LogSpacer.from_state(state["spacer"])
         plan.kept, plan.candidates = dict(state["kept"]), dict(state["candidates"])
         plan.ring.extend(tuple(item) for item in state["ring"])
@@ -191,6 +219,9 @@ class Record:
     converged: list[bool] = field(default_factory=list)
     stop_reasons: list[str] = field(default_factory=list)  # converged, budget, epochs
     diverged_step: int = -1
+    monitor_steps: list[int] = field(default_factory=list)  # where the monitor measured
+    monitor_values: list[list[float]] = field(default_factory=list)
+    burst_step: int = -1  # the step its dense window opened (−1: never)
     task_index: int = 0  # resume position: task, epoch within it, step
     epoch: int = 0
     step: int = 0
@@ -225,6 +256,10 @@ class Record:
             # run does not share with an uninterrupted one
             "stop_reasons_json": json.dumps(self.stop_reasons),
             "diverged_step": self.diverged_step,
+            "monitor_steps": torch.tensor(self.monitor_steps, dtype=torch.int64),
+            "monitor_values": torch.tensor(self.monitor_values, dtype=torch.float64).reshape(
+                len(self.monitor_steps), len(self.monitor_values[0]) if self.monitor_values else 0),
+            "burst_step": self.burst_step,
         }
 
 
@@ -264,6 +299,24 @@ def has_converged(task: TaskSpec, history: list[list[float]]) -> bool:
         return False
     before = history[-1 - task.plateau_epochs][0]
     return before - loss <= task.loss_tolerance * task.plateau_epochs * before
+
+
+def _watch(monitor: Monitor | None, record: Record, plan: TaskSnapshots, task_start: int,
+           model: nn.Module, log: Callable[[str], None]) -> None:
+    """Measure the monitored quantity when due; open its dense window the first time it
+    reaches the trigger (in steps relative to the task, for the snapshots)."""
+    if monitor is None or not monitor.due(record.step, record.burst_step):
+        return
+    if record.monitor_steps and record.monitor_steps[-1] == record.step:
+        return  # a resumed run re-offers its checkpoint's step
+    values = [float(v) for v in monitor.measure(model)]
+    record.monitor_steps.append(record.step)
+    record.monitor_values.append(values)
+    if record.burst_step < 0 and values and values[0] >= monitor.trigger:
+        record.burst_step = record.step
+        plan.burst = (record.step - task_start, monitor.burst_every, monitor.burst_steps)
+        log(f"step {record.step}: monitored value {values[0]:.5g} reached {monitor.trigger:.5g}; "
+            f"snapshots every {monitor.burst_every} steps for {monitor.burst_steps}")
 
 
 def train_tasks(model: nn.Module, tasks: list[TaskSpec], schedule: Schedule, *,
@@ -308,6 +361,7 @@ def train_tasks(model: nn.Module, tasks: list[TaskSpec], schedule: Schedule, *,
                                  grid=(task.grid_every, task.grid_steps))
             if task.number == 1:  # a later task's step 0 is the previous task's last snapshot
                 plan.offer(0, 0, model)
+                _watch(schedule.monitor, record, plan, task_start, model, log)
         converged = False
         while record.epoch < task.max_epochs:
             tic = time.perf_counter()
@@ -326,6 +380,7 @@ def train_tasks(model: nn.Module, tasks: list[TaskSpec], schedule: Schedule, *,
                 loss.backward()
                 optimizer.step()
                 record.step += 1
+                _watch(schedule.monitor, record, plan, task_start, model, log)
                 plan.offer(record.step - task_start, record.epoch + 1, model)
             if record.diverged_step >= 0:
                 break

@@ -82,7 +82,15 @@ def analyses_of(wildcards):
 
 def snapshot_every(analyses):
     """Extra snapshots every k steps where sharpness is measured (0: none)."""
-    return config["analysis"]["sharpness"]["every"] if "sharpness" in analyses else 0
+    return config["analysis"]["sharpness"]["snapshot_every"] if "sharpness" in analyses else 0
+
+
+def sharpness_watch(analyses):
+    """How a run with the sharpness analysis measures it while it trains (None: it does not)."""
+    if "sharpness" not in analyses:
+        return None
+    s = config["analysis"]["sharpness"]
+    return {k: s[k] for k in ("every", "dense", "subset", "top", "tolerance")}
 
 
 def lr_settings():
@@ -125,6 +133,7 @@ def phase1_settings(wildcards):
         # the post-boundary grid is phase 2's: changing it must not retrain phase 1
         "snapshots": {k: t["snapshots"][k] for k in ("log_points", "dense_steps")},
         "snapshot_every": snapshot_every(PHASE1_ANALYSES.get(wildcards.run, ())),
+        "sharpness": sharpness_watch(PHASE1_ANALYSES.get(wildcards.run, ())),
         "checkpoint_every": t["checkpoint_every"],
     }
 

@@ -36,7 +36,8 @@ rule extract_ntk:
 
 
 rule sharpness:
-    """Edge of stability: top Hessian eigenvalues and λ_max(full NTK)/n at every snapshot."""
+    """Edge of stability: the sharpness measured in training, the full training-subset NTK
+    (Gauss–Newton sharpness, target alignment, eigenvector alignment) at every snapshot."""
     input:
         unpack(snapshot_inputs),
     output:

@@ -19,102 +19,109 @@ import numpy as np
 
 from ntkpipe import store
 from ntkpipe.progress import ProgressBar
-from ntkpipe.splits import probe_set
-from ntkpipe.stages.data import Log, compute_device, load_data, load_split, quiet, tensors
+from ntkpipe.stages.data import (Log, compute_device, load_data, load_split, quiet,
+                                 sharpness_subset, task_subset, tensors)
 from ntkpipe.stages.kernels import load_snapshots
 from ntkpipe.stages.training import make_model, run_lr
-
-_SUBSET_STREAM = 7  # RNG stream of the sharpness subsets (splits.py uses 0..3)
-
-
-def sharpness_subset(labels: np.ndarray, classes: list[int], size: int, seed: int,
-                     task: int) -> np.ndarray:
-    """Positions of a fixed class-balanced subset of a task's training samples (all of them
-    when `size` reaches their number)."""
-    if size >= len(labels):
-        return np.arange(len(labels))
-    return probe_set(labels, classes, size, np.random.default_rng([seed, _SUBSET_STREAM, task]))
-
 
 def measure_sharpness(data_path: str | Path, split_path: str | Path,
                       snapshot_paths: list[str | Path], out: str | Path, *,
                       run: dict[str, Any], model_cfg: dict[str, Any],
                       train_cfg: dict[str, Any], sharpness_cfg: dict[str, Any],
                       provenance: dict[str, str], log: Log = quiet) -> None:
-    """Sharpness and its Gauss–Newton (NTK) counterpart at every snapshot, against 2/η."""
+    """Edge of stability along phase 1: the sharpness the run measured as it trained (every
+    few steps), and at every snapshot the full NTK on the same fixed training subset — its
+    Gauss–Newton sharpness λ_max/n, its alignment with the flattened targets and the alignment
+    spectrum of its top eigenvectors (Jiang, Cohen & Li 2025, arXiv 2507.12837)."""
     import torch
     import xarray as xr
-    from scipy.sparse.linalg import ArpackNoConvergence
 
-    from ntkpipe.hessian import gauss_newton_sharpness, top_hessian_eigen
+    from ntkpipe.hessian import gauss_newton_sharpness
+    from ntkpipe.metrics import full_to_matrix, target_alignment
     from ntkpipe.ntk import empirical_ntk
+    from ntkpipe.spectra import alignment_spectrum
     from ntkpipe.train import loss_value
 
     data, split = load_data(data_path), load_split(split_path)
     snaps = load_snapshots(snapshot_paths)
+    if not snaps["monitor_steps"]:
+        raise store.CorruptFileError(
+            f"{snapshot_paths[0]} holds no sharpness measured during training (written before "
+            "the sharpness monitor existed?): delete it so that phase 1 reruns")
     device = compute_device()
     provenance = {**provenance, "device": str(device)}
     # float64 throughout: Lanczos needs exact products (states load into it converted)
     model = make_model(data, run, model_cfg).to(device, torch.float64).eval()
-    t = tensors(data, device)
-    subsets = {}
-    for task, (idx, classes) in enumerate(zip(split.train, split.classes), start=1):
-        idx = np.unique(idx)  # a frequency shift may repeat samples: the subset draws distinct ones
-        pos = sharpness_subset(data["y_train"][idx], classes, sharpness_cfg["subset"],
-                               run["seed"], task)
-        chosen = torch.from_numpy(idx[pos]).to(device)
-        subsets[task] = (t["x_train"][chosen].double(), t["y_train"][chosen])
-    top, n_snap = sharpness_cfg["top"], len(snaps["states"])
-    hessian = np.full((n_snap, top), np.nan)
-    gauss_newton, subset_loss = np.full(n_snap, np.nan), np.full(n_snap, np.nan)
-    bar = ProgressBar(n_snap, "sharpness")
-    start: dict[int, np.ndarray] = {}  # per task: the last top eigenvector, to warm-start Lanczos
-    for s, state in enumerate(snaps["states"]):
-        model.load_state_dict(state)
-        x, y = subsets[snaps["tasks"][s]]
+    chosen = torch.from_numpy(task_subset(data, split, 1, sharpness_cfg["subset"], run["seed"]))
+    x = torch.from_numpy(data["x_train"])[chosen].to(device, torch.float64)
+    y = torch.from_numpy(data["y_train"])[chosen].to(device)
+    phase1 = [s for s, task in enumerate(snaps["tasks"]) if task == 1]
+    outputs_n = data["num_classes"]
+    # the flattened one-hot targets, ordered (sample, output) like full_to_matrix's rows
+    target = np.eye(outputs_n)[data["y_train"][chosen.numpy()]].ravel()
+    top = min(sharpness_cfg["eigenvectors"], len(target))
+    gauss_newton, subset_loss = np.full(len(phase1), np.nan), np.full(len(phase1), np.nan)
+    alignment = np.full(len(phase1), np.nan)
+    spectrum, fraction = np.full((len(phase1), top), np.nan), np.full((len(phase1), top), np.nan)
+    bar = ProgressBar(len(phase1), "training-subset kernel")
+    for i, s in enumerate(phase1):
+        model.load_state_dict(snaps["states"][s])
         with torch.no_grad():
             outputs = model(x)
-            value = float(loss_value(outputs, y, run["loss"]))
-        subset_loss[s] = value
-        task = snaps["tasks"][s]
-        if np.isfinite(value):
-            try:
-                hessian[s], vectors = top_hessian_eigen(model, x, y, run["loss"], k=top,
-                                                        tol=sharpness_cfg["tolerance"],
-                                                        seed=run["seed"], start=start.get(task))
-                start[task] = vectors[:, 0]
-            except ArpackNoConvergence:  # one snapshot's NaN, not the whole job's work lost
-                log(f"step {snaps['steps'][s]}: Lanczos did not converge; sharpness left NaN")
+            subset_loss[i] = float(loss_value(outputs, y, run["loss"]))
+        if np.isfinite(subset_loss[i]):
             full = empirical_ntk(model, x, mode="full", dtype=torch.float64)
-            gauss_newton[s] = gauss_newton_sharpness(full, outputs, run["loss"])
-        bar.update(s + 1, f"step {snaps['steps'][s]} sharpness {hessian[s, 0]:.4g}")
-        if (s + 1) % 10 == 0 or s + 1 == n_snap:
-            log(f"snapshot {s + 1}/{n_snap} step {snaps['steps'][s]} "
-                f"sharpness {hessian[s, 0]:.5g} Gauss-Newton {gauss_newton[s]:.5g}")
+            gauss_newton[i] = gauss_newton_sharpness(full, outputs, run["loss"])
+            matrix = full_to_matrix(full)
+            alignment[i] = target_alignment(matrix, target)
+            fraction[i], spectrum[i] = alignment_spectrum(matrix, target, top)
+        bar.update(i + 1, f"step {snaps['steps'][s]} A {alignment[i]:.4g}")
+        if (i + 1) % 10 == 0 or i + 1 == len(phase1):
+            log(f"snapshot {i + 1}/{len(phase1)} step {snaps['steps'][s]} "
+                f"Gauss-Newton {gauss_newton[i]:.5g} alignment {alignment[i]:.5g}")
     bar.close()
     lr = run_lr(run, train_cfg)
     momentum = float(train_cfg.get("momentum", 0.0))
+    monitored = np.array(snaps["monitor_values"], dtype=np.float64).reshape(
+        len(snaps["monitor_steps"]), -1)
+    full_name = "the full (P·O × P·O) NTK on the sharpness subset"
     ds = xr.Dataset(
         {
-            "sharpness": (("step", "hessian_eig"), hessian, {
-                "long_name": "top eigenvalues of the training-loss Hessian (Lanczos)",
-                "subset": int(sharpness_cfg["subset"])}),
+            "sharpness": (("sharpness_step", "hessian_eig"), monitored, {
+                "long_name": "top eigenvalues of the training-loss Hessian on the sharpness "
+                             "subset (Lanczos), measured while the run trained",
+                "subset": int(len(chosen))}),
             "gauss_newton_sharpness": ("step", gauss_newton, {
                 "long_name": "top eigenvalue of the Gauss–Newton part of the Hessian: "
                              + ("λ_max(Θ_full)/n" if run["loss"] == "mse" else
                                 "λ_max(S Θ_full S)/n, S² the softmax Hessians")}),
             "sharpness_subset_loss": ("step", subset_loss, {
                 "long_name": "training loss on the sharpness subset"}),
+            "train_target_alignment": ("step", alignment, {
+                "long_name": f"kernel–target alignment yᵀΘy / (‖Θ‖_F ‖y‖²) of {full_name}, y "
+                             "the flattened one-hot targets", "units": "1"}),
+            "train_alignment_spectrum": (("step", "eigenvector"), spectrum, {
+                "long_name": f"a_i = (u_iᵀy)² / ‖y‖² of the top eigenvectors of {full_name}",
+                "units": "1"}),
+            "train_eigenvalue_fraction": (("step", "eigenvector"), fraction, {
+                "long_name": f"λ_i / ‖Θ‖_F of the top eigenvalues of {full_name}",
+                "units": "1"}),
             # heavy-ball momentum β moves the threshold to (2 + 2β)/η (Cohen et al. 2021, §3)
             "stability_threshold": ((), (2.0 + 2.0 * momentum) / lr, {
                 "long_name": "(2 + 2β)/η, the stability threshold of gradient descent with "
                              "momentum β"}),
+            "dense_window_step": ((), int(snaps["burst_step"]), {
+                "long_name": "step at which the sharpness first reached the dense window's "
+                             "trigger (−1: never)"}),
         },
-        coords={"step": np.array(snaps["steps"], dtype=np.int64),
-                "hessian_eig": np.arange(1, top + 1)},
+        coords={"step": np.array([snaps["steps"][s] for s in phase1], dtype=np.int64),
+                "sharpness_step": np.array(snaps["monitor_steps"], dtype=np.int64),
+                "hessian_eig": np.arange(1, monitored.shape[1] + 1),
+                "eigenvector": np.arange(1, top + 1)},
     )
     ds.attrs.update(store.dataset_attrs("ntkpipe sharpness along training", provenance))
-    ds.attrs.update({"learning_rate": lr, "momentum": momentum, "loss": run["loss"]})
+    ds.attrs.update({"learning_rate": lr, "momentum": momentum, "loss": run["loss"],
+                     "dense_from": float(sharpness_cfg["dense"]["from"])})
     store.write_netcdf(ds, out)
 
 

@@ -5,13 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
+import numpy as np
+
 from ntkpipe import store
-from ntkpipe.splits import TaskSplit, make_tasks
+from ntkpipe.splits import TaskSplit, make_tasks, probe_set
 
 if TYPE_CHECKING:
     import torch
 
 Log = Callable[[str], None]
+_SUBSET_STREAM = 7  # RNG stream of the sharpness subsets (splits.py uses 0..3)
 
 
 def quiet(line: str) -> None:
@@ -74,3 +77,20 @@ def load_split(path: str | Path) -> TaskSplit:
         return TaskSplit.from_arrays(arrays)
     except (KeyError, ValueError) as err:
         raise store.CorruptFileError(f"{path}: not an ntkpipe split file: {err}") from None
+
+
+def sharpness_subset(labels: np.ndarray, classes: list[int], size: int, seed: int,
+                     task: int) -> np.ndarray:
+    """Positions of a fixed class-balanced subset of a task's training samples (all of them
+    when `size` reaches their number)."""
+    if size >= len(labels):
+        return np.arange(len(labels))
+    return probe_set(labels, classes, size, np.random.default_rng([seed, _SUBSET_STREAM, task]))
+
+
+def task_subset(data: dict[str, Any], split: TaskSplit, task: int, size: int, seed: int
+                ) -> np.ndarray:
+    """Training-set indices of the fixed subset of task `task` (1-based) that the sharpness
+    and the training-kernel alignment are measured on."""
+    idx = np.unique(split.train[task - 1])  # a frequency shift may repeat samples
+    return idx[sharpness_subset(data["y_train"][idx], split.classes[task - 1], size, seed, task)]

@@ -25,6 +25,7 @@ def load_snapshots(paths: list[str | Path]) -> dict[str, Any]:
     steps, epochs, tasks, states = [], [], [], []
     loss_steps, losses = [], []
     boundaries, diverged, converged, reasons, ran = [], -1, [], [], []
+    monitor_steps, monitor_values, burst = [], [], -1
     for path in paths:
         snap = store.load_torch(path)
         if not isinstance(snap, dict) or snap.get("format") != "ntkpipe.snapshots/1":
@@ -45,10 +46,18 @@ def load_snapshots(paths: list[str | Path]) -> dict[str, Any]:
         converged += [bool(c) for c in snap["converged"].tolist()]
         reasons += json.loads(snap.get("stop_reasons_json", "[]"))
         ran += snap["epochs_run"].tolist()
+        if "monitor_steps" in snap:
+            for step, values in zip(snap["monitor_steps"].tolist(),
+                                    snap["monitor_values"].tolist()):
+                if not monitor_steps or step > monitor_steps[-1]:
+                    monitor_steps.append(step)
+                    monitor_values.append(values)
+            burst = snap["burst_step"] if burst < 0 else burst
     return {"steps": steps, "epochs": epochs, "tasks": tasks, "states": states,
             "loss_steps": loss_steps, "losses": losses, "boundaries": boundaries,
             "diverged_step": diverged, "converged": converged, "stop_reasons": reasons,
-            "epochs_run": ran}
+            "epochs_run": ran, "monitor_steps": monitor_steps,
+            "monitor_values": monitor_values, "burst_step": burst}
 
 
 def _per_sample(model: "torch.nn.Module", x: "torch.Tensor", y: "torch.Tensor", loss: str

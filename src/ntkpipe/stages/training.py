@@ -13,7 +13,7 @@ from ntkpipe.sweep import effective_lr
 if TYPE_CHECKING:
     import torch
 
-    from ntkpipe.train import Record, Schedule
+    from ntkpipe.train import Monitor, Record, Schedule
 
 
 def make_model(data: dict[str, Any], run: dict[str, Any], model_cfg: dict[str, Any]
@@ -27,15 +27,52 @@ def make_model(data: dict[str, Any], run: dict[str, Any], model_cfg: dict[str, A
                        bias_std=model_cfg["bias_std"], seed=run["seed"])
 
 
-def _schedule(run: dict[str, Any], train_cfg: dict[str, Any]) -> "Schedule":
+def _schedule(run: dict[str, Any], train_cfg: dict[str, Any],
+              monitor: "Monitor | None" = None) -> "Schedule":
     from ntkpipe.train import Schedule
 
-    return Schedule(lr=run_lr(run, train_cfg),
+    return Schedule(monitor=monitor, lr=run_lr(run, train_cfg),
                     loss=run["loss"], optimizer=run["optimizer"],
                     momentum=train_cfg["momentum"], batch_size=run["batch_size"],
                     seed=run["seed"], log_points=train_cfg["snapshots"]["log_points"],
                     checkpoint_every=train_cfg["checkpoint_every"],
                     snapshot_every=train_cfg.get("snapshot_every", 0))
+
+
+def sharpness_monitor(data: dict[str, Any], split: Any, run: dict[str, Any],
+                      settings: dict[str, Any], lr: float, momentum: float,
+                      device: Any) -> "Monitor":
+    """The sharpness measured along phase 1 (Cohen et al. 2021, arXiv 2103.00065): the top
+    Hessian eigenvalues of the training loss on the run's fixed subset of task 1, every
+    `every` steps, with a window of snapshots every `dense_every` steps for `dense_steps` steps
+    from the first time it reaches `dense_from` · (2 + 2β)/η."""
+    import torch
+
+    from ntkpipe.hessian import top_hessian_eigen
+    from ntkpipe.stages.data import task_subset
+    from ntkpipe.train import Monitor
+
+    chosen = torch.from_numpy(task_subset(data, split, 1, settings["subset"], run["seed"]))
+    x = torch.from_numpy(data["x_train"])[chosen].to(device, torch.float64)
+    y = torch.from_numpy(data["y_train"])[chosen].to(device)
+    warm: dict[str, Any] = {}
+
+    def measure(model: "torch.nn.Module") -> list[float]:
+        from scipy.sparse.linalg import ArpackNoConvergence
+
+        try:
+            values, vectors = top_hessian_eigen(model, x, y, run["loss"], k=settings["top"],
+                                                tol=settings["tolerance"], seed=run["seed"],
+                                                start=warm.get("start"))
+        except ArpackNoConvergence:  # one missing point, not the run
+            return [float("nan")] * settings["top"]
+        warm["start"] = vectors[:, 0]  # the next Lanczos starts near the last top eigenvector
+        return [float(v) for v in values]
+
+    dense = settings["dense"]
+    return Monitor(every=settings["every"], measure=measure,
+                   trigger=dense["from"] * (2.0 + 2.0 * momentum) / lr,
+                   burst_every=dense["every"], burst_steps=dense["steps"])
 
 
 def run_lr(run: dict[str, Any], train_cfg: dict[str, Any]) -> float:
@@ -94,7 +131,10 @@ def train_phase1(data_path: str | Path, split_path: str | Path, checkpoint_out: 
                     plateau_epochs=p1.get("plateau_epochs", 0),
                     loss_tolerance=p1.get("loss_tolerance", 0.0))
     resume = Path(str(checkpoint_out) + ".resume")
-    record, opt_state = train_tasks(model, [task], _schedule(run, train_cfg),
+    watch = train_cfg.get("sharpness")  # runs with the sharpness analysis measure it as they train
+    monitor = None if not watch else sharpness_monitor(
+        data, split, run, watch, run_lr(run, train_cfg), train_cfg["momentum"], device)
+    record, opt_state = train_tasks(model, [task], _schedule(run, train_cfg, monitor),
                                     resume_path=resume, log=log)
     meta = {"run_json": json.dumps(run, sort_keys=True), "provenance": provenance}
     _save_phase(record, model, opt_state, checkpoint_out, snapshots_out, meta)
