@@ -275,11 +275,22 @@ def test_analyses_reach_the_summary(dynamics):
 def test_an_analysis_setting_reruns_only_that_analysis(dynamics):
     workdir, _ = dynamics
     changed = {**DYNAMICS, "analysis": {**DYNAMICS["analysis"],
-                                        "sharpness": {"every": 4, "subset": 20}}}
+                                        "sharpness": {**DYNAMICS["analysis"]["sharpness"], "eigenvectors": 5}}}
     plan = jobs(snakemake(workdir, changed, "--dry-run").stdout)
     assert plan["sharpness"] == 2 and plan["study_measures"] == 1  # the edge of stability's
     assert not {"train_phase1", "extract_ntk", "train_kernel", "metrics", "collect",
                 "figures_feature_evolution"} & set(plan)
+
+
+def test_a_sharpness_monitor_setting_retrains_only_the_runs_it_watches(dynamics):
+    workdir, _ = dynamics
+    changed = {**DYNAMICS, "analysis": {**DYNAMICS["analysis"],
+                                        "sharpness": {**DYNAMICS["analysis"]["sharpness"],
+                                                      "every": 6}}}
+    plan = jobs(snakemake(workdir, changed, "--dry-run").stdout)
+    # measured while training: the two sharpness runs retrain, the four others do not
+    assert plan["train_phase1"] == 2 and plan["sharpness"] == 2
+    assert "train_kernel" not in plan
 
 
 def test_cli_shows_the_study_measures_of_a_run(dynamics):
