@@ -11,13 +11,15 @@ import xarray as xr
 from conftest import defaults
 
 from ntkpipe import stages, store, sweep
+from ntkpipe.errors import InputError
 from ntkpipe.stages.data import sharpness_subset
 from ntkpipe.stages.kernels import load_snapshots
 from ntkpipe.studies import edge_of_stability, feature_evolution
 from ntkpipe.summary import combine, with_measures
 
 RUN = {"dataset": "digits", "classes_per_task": 3, "arch": "mlp", "depth": 1,
-       "activation": "tanh", "optimizer": "gd", "loss": "mse", "batch_size": "full",
+       "activation": "tanh", "optimizer": "gd", "loss": "mse", "target": "labels",
+       "batch_size": "full", "epochs": "auto",
        "regime": "feature", "width": 8, "lr": 0.05, "seed": 3}
 POINT = {**RUN, "shift": "conceptual", "shared_classes": 0, "alpha": 0.0, "n_tasks": 1}
 IDS = (sweep.run_id(POINT), sweep.shift_id(POINT))
@@ -52,7 +54,8 @@ def run(tmp_path_factory):
                              run=RUN, model_cfg=MODEL, train_cfg=TRAIN, sharpness_cfg=SHARPNESS,
                              provenance=PROV)
     stages.train_kernel(p["data.npz"], p["tasks.npz"], p["snaps.pt"], p["train_kernel.nc"],
-                        run=RUN, model_cfg=MODEL, train_cfg=TRAIN, ntk_cfg=NTK, provenance=PROV)
+                        run=RUN, model_cfg=MODEL, train_cfg=TRAIN, ntk_cfg=NTK,
+                        settings={"block_subset": 30}, provenance=PROV)
     stages.compute_metrics(p["ntk.nc"], p["metrics.nc"], metrics_cfg=METRICS, provenance=PROV)
     return p
 
@@ -146,7 +149,9 @@ def test_subset_is_class_balanced_and_fixed():
     a = sharpness_subset(labels, [4, 7, 9], 12, seed=1, task=1)
     assert np.array_equal(a, sharpness_subset(labels, [4, 7, 9], 12, seed=1, task=1))
     assert np.bincount(labels[a], minlength=10)[[4, 7, 9]].tolist() == [4, 4, 4]
-    assert np.array_equal(sharpness_subset(labels, [4, 7, 9], 100, 1, 1), np.arange(60))
+    assert np.array_equal(sharpness_subset(labels, [4, 7, 9], 60, 1, 1), np.arange(60))
+    with pytest.raises(InputError, match="larger than task 1, which has 60"):
+        sharpness_subset(labels, [4, 7, 9], 61, 1, 1)
 
 
 def test_kgd_starts_from_the_network(measured):
@@ -172,7 +177,7 @@ def test_training_kernel_spectra(run, measured):
         # the eigenvectors are a basis: the task spectrum sums to ‖Y‖_F² = n for one-hot Y
         assert m["task_spectrum"].sel(when=when).sum() == pytest.approx(n, rel=1e-9)
         k_min, k_max = (int(m[f"eigen_fit_{e}"].sel(when=when)) for e in ("kmin", "kmax"))
-        assert 1 <= k_min < k_max <= n // 2
+        assert (k_min, k_max) == (2, n // 10)  # fixed before looking: modes 2 … ⌊P/10⌋
     assert float(m["effective_gamma"]) >= 0
     # λ_max(K0) from the stored spectrum: the stability ratio η λ_max / 2n (n = 60, η = 0.05)
     lam = float(m["train_eigenvalues"].sel(when="initial", mode=1))
@@ -183,13 +188,43 @@ def test_training_kernel_spectra(run, measured):
 def test_specialization_columns_average_to_one(measured):
     """KSM(c, c') divides by the mean over blocks c: every column averages to exactly 1."""
     m = measured
-    ksm = m["specialization"].sel(probe=1, when="final").values
+    ksm = m["probe_specialization"].sel(probe=1, when="final").values
     assert ksm.shape == (10, 10)  # one head over all classes; task 1 holds classes 0-2
     np.testing.assert_allclose(ksm[:3, :3].mean(axis=0), 1.0, rtol=1e-9)
     assert np.isnan(ksm[3:]).all() and np.isnan(ksm[:, 3:]).all()
-    assert np.isfinite(m["specialization_dominance"].sel(probe=1).values).all()
-    layers = m["layer_alignment"].sel(probe=1, when="final")
-    assert layers.sizes["layer"] == 2  # one hidden layer and the readout
+    assert np.isfinite(m["probe_specialization_dominance"].sel(probe=1).values).all()
+    layers = m["probe_layer_alignment"].sel(probe=1, when="final")
+    assert layers.sizes["probe_layer"] == 2  # one hidden layer and the readout
+    # the training-set KSM: over task 1's three classes, every column averages to 1
+    train = m["train_ksm"].dropna("block", how="all").dropna("target_class", how="all").values
+    assert train.shape == (3, 3)
+    np.testing.assert_allclose(train.mean(axis=0), 1.0, rtol=1e-9)
+
+
+def test_readout_blocks_are_alike_and_parts_sum_to_the_kernel(run):
+    """The readout's per-output blocks are h·h' (+ σ_b²) for every output: its KSM is exactly
+    flat; and the per-layer parts of the training-set blocks add up to the whole kernel's."""
+    from ntkpipe.ntk import empirical_ntk
+    from ntkpipe.specialization import class_alignments
+
+    tk = xr.open_dataset(run["train_kernel.nc"])
+    readout = tk["layer_block_alignment"].values[:, -1]  # (step, block, target)
+    np.testing.assert_allclose(readout, readout[:, :1, :].repeat(readout.shape[1], 1),
+                               rtol=1e-9)
+    # an independent recomputation at the last snapshot: the traced kernel's A(t) and norm
+    data, model = _model_at(run, int(tk["step"][-1]))
+    x = torch.from_numpy(data["x_train"])[torch.from_numpy(tk["train_index"].values)].double()
+    k = empirical_ntk(model, x, mode="trace", implementation="reference").numpy()
+    y = np.eye(10)[tk["train_label"].values]
+    assert float(tk["train_kernel_norm"][-1]) == pytest.approx(np.linalg.norm(k), rel=1e-9)
+    assert float(tk["train_alignment_t"][-1]) == pytest.approx(
+        np.sum(k * (y @ y.T)) / (np.linalg.norm(k) * np.linalg.norm(y @ y.T)), rel=1e-9)
+    blocks = empirical_ntk(model, x[torch.from_numpy(tk["block_sample"].values.copy())],
+                           mode="per_output",
+                           implementation="reference").numpy()[:3]
+    np.testing.assert_allclose(tk["block_alignment"].values[-1],
+                               class_alignments(blocks, y[tk["block_sample"].values][:, :3]),
+                               rtol=1e-9)
 
 
 def test_alignment_spectrum_and_eigenvalue_fraction(run):
@@ -247,3 +282,51 @@ def test_spectrum_fits_stop_at_the_kernels_rank():
     assert (out["task_fit_kmax"].values <= rank).all()
     assert float(out["train_alignment"].sel(when="final")) == pytest.approx(
         target_cosine(k1, np.eye(3)[labels]))
+
+
+def test_linear_teacher_is_a_fixed_linear_map_of_the_flat_input():
+    from ntkpipe.stages.data import linear_teacher
+
+    x = np.random.default_rng(0).standard_normal((50, 64))
+    y = linear_teacher(x, 10, seed=4)
+    assert y.shape == (50, 10)
+    np.testing.assert_allclose(linear_teacher(x[:7], 10, seed=4), y[:7], rtol=1e-12)
+    w, *_ = np.linalg.lstsq(x, y, rcond=None)  # exactly linear: the fit leaves no residual
+    np.testing.assert_allclose(x @ w, y, atol=1e-10)
+    assert abs(np.std(w) - 1 / 8) < 0.02  # s^c ~ N(0, I/d), d = 64
+    assert not np.allclose(linear_teacher(x, 10, seed=5), y)
+    with pytest.raises(ValueError, match="flat inputs"):
+        linear_teacher(x.reshape(50, 8, 8), 10, seed=4)
+
+
+def test_a_deep_linear_net_on_teacher_targets_trains_for_the_fixed_horizon(tmp_path):
+    """target teacher: the loss is the MSE to y^c = s^cᵀx; epochs 7: seven full-batch steps
+    whatever the loss does (the target loss, 1e-9, is never reached)."""
+    from ntkpipe.stages.data import linear_teacher
+
+    p = {name: tmp_path / name for name in ("data.npz", "tasks.npz", "p1.pt", "snaps.pt",
+                                            "tk.nc")}
+    run = {**RUN, "activation": "linear", "depth": 3, "target": "teacher", "epochs": 7}
+    stages.prepare_data("digits", None, p["data.npz"], provenance=PROV)
+    stages.make_split(p["data.npz"], p["tasks.npz"], provenance=PROV, split={
+        "classes_per_task": 10, "seed": 3, "order": "natural", "train_per_task": 100,
+        "probe_size": 20, "probe_tasks": [1], "imbalance": 8.0, "n_tasks": 1,
+        "shared_classes": 0, "alpha": 0.0})
+    train = {**TRAIN, "sharpness": None}
+    stages.train_phase1(p["data.npz"], p["tasks.npz"], p["p1.pt"], p["snaps.pt"], run=run,
+                        train_cfg=train, model_cfg=MODEL, provenance=PROV)
+    stages.train_kernel(p["data.npz"], p["tasks.npz"], p["snaps.pt"], p["tk.nc"], run=run,
+                        model_cfg=MODEL, train_cfg=train, ntk_cfg=NTK,
+                        settings={"block_subset": 50}, provenance=PROV)
+    tk = xr.open_dataset(p["tk.nc"])
+    assert int(tk["step"][-1]) == 7 and tk.attrs["target"] == "teacher"
+    data = stages.load_data(p["data.npz"])
+    x = data["x_train"].reshape(len(data["x_train"]), -1)
+    np.testing.assert_allclose(tk["train_target"].values,
+                               linear_teacher(x, 10, run["seed"])[tk["train_index"].values],
+                               rtol=1e-12)
+    # the recorded loss at step 0 is the MSE of the initial outputs to the teacher's targets
+    f0, y = tk["train_output"].values[0], tk["train_target"].values
+    assert float(tk["network_loss"][0]) == pytest.approx(
+        0.5 * np.mean(np.sum((f0 - y) ** 2, axis=1)), rel=1e-5)
+    assert np.isfinite(tk["block_alignment"].values).all()  # every output has a target

@@ -76,6 +76,25 @@ BAD = [
     ({"sweeps": {"w": {"analyses": ["hessian"]}}}, "'sweeps.w.analyses[0]' is 'hessian'"),
     ({"analysis": {"sharpness": {"subset": 0}}}, "'analysis.sharpness.subset'"),
     ({"analysis": {"train_kernel": {"fit_range": [5, 5]}}}, "k_min < k_max"),
+    # a subset larger than task 1 (digits 0-4: 602 training images)
+    ({"analysis": {"sharpness": {"subset": 700}}, "ntk": {"max_memory_gb": 64},
+      "sweeps": {"w": {"analyses": ["sharpness"]}}},
+     "'analysis.sharpness.subset' is 700, larger than the task it is drawn from: in sweep 'w' "
+     "task 1 has 602 training samples (5 classes of digits); lower it to at most 602"),
+    ({"analysis": {"train_kernel": {"block_subset": 300}}, "dataset": {"train_per_task": 250},
+      "sweeps": {"w": {"analyses": ["train_kernel"]}}}, "task 1 has 250 training samples"),
+    ({"dataset": {"class_order": "shuffled"}, "analysis": {"train_kernel": {"block_subset": 600}},
+      "sweeps": {"w": {"analyses": ["train_kernel"]}}}, "task 1 can have as few as 593"),
+    ({"sweeps": {"w": {"target": ["teacher"], "arch": ["cnn"], "loss": ["mse"]}}},
+     "'sweeps.w.target' is teacher, which needs a flat input"),
+    ({"sweeps": {"w": {"target": ["teacher"]}}}, "need loss mse, not 'cross_entropy'"),
+    ({"sweeps": {"w": {"target": ["soft"]}}}, "'sweeps.w.target[0]' is 'soft'"),
+    ({"sweeps": {"w": {"epochs": [0]}}}, "'sweeps.w.epochs[0]'"),
+    ({"sweeps": {"w": {"regime": ["mean_field"]}}}, "'sweeps.w.regime[0]' is 'mean_field'"),
+    # the full training-subset kernel (5000 × 5000 float64, 3 copies) over the memory budget
+    ({"analysis": {"sharpness": {"subset": 500}}, "ntk": {"max_memory_gb": 0.5},
+      "sweeps": {"w": {"analyses": ["sharpness"]}}},
+     "needs 0.6 GB, more than 'ntk.max_memory_gb' 0.5; lower the subset to 472 or raise"),
 ]
 
 
@@ -146,6 +165,8 @@ def test_effective_lr_of_the_lazy_regime_is_width_independent_unless_asked():
     assert sweep.effective_lr(0.1, "lazy", 1024, 256, 10.0, width_exponent=1) == \
         pytest.approx(0.25)
     assert sweep.effective_lr(0.1, "lazy", 64, 256, 10.0, width_exponent=1) == pytest.approx(4.0)
+    # the ntk regime is the NTK parametrisation at the lr as given: never scaled
+    assert sweep.effective_lr(0.1, "ntk", 64, 256, 10.0, width_exponent=1) == pytest.approx(0.1)
 
 
 def _fake_package(tmp_path, monkeypatch, files):

@@ -18,7 +18,8 @@ def applicable(points, analyses=None):
     return [name for study in STUDIES for name in study.applicable(points, turned_on)]
 
 BASE = {"dataset": "digits", "classes_per_task": 5, "arch": "mlp", "depth": 2,
-        "activation": "relu", "optimizer": "sgd", "loss": "cross_entropy", "batch_size": 64,
+        "activation": "relu", "optimizer": "sgd", "loss": "cross_entropy", "target": "labels",
+        "epochs": "auto", "batch_size": 64,
         "regime": "lazy", "width": 64, "lr": 0.1, "seed": 0, "shift": "conceptual",
         "shared_classes": 0, "alpha": 0.0, "n_tasks": 2}
 
@@ -89,8 +90,14 @@ def fe_fake(point, diverged=-1):
     ksm = 1 + (0.3 if point["activation"] == "relu" else 0.0) * (np.eye(4) - 0.25)
     return tag(xr.Dataset(
         {"spectral_norm": (("probe", "step"), np.ones((1, 5))),
-         "target_alignment": (("probe", "step"), np.array([[0.1, 0.15, 0.2, 0.22, 0.23]])),
-         "specialization_dominance": (("probe", "step"), np.linspace(0, 0.2, 5)[None]),
+         "fe_alignment": ("step", np.array([0.1, 0.15, 0.2, 0.22, 0.23])),
+         "fe_kernel_norm": ("step", np.array([1.0, 1.1, 1.5, 1.7, 1.8])),
+         **{name: ("step", np.linspace(0, end, 5)) for name, end in
+            (("train_ksm_dominance", 0.2), ("hidden_ksm_dominance", 0.3),
+             ("readout_ksm_dominance", 0.0))},
+         **{name: (("block", "target_class"), m) for name, m in
+            (("train_ksm", ksm), ("train_ksm_hidden", ksm),
+             ("train_ksm_readout", np.ones((4, 4))))},
          "loss_step": ("loss_point", steps.astype(float)),
          **{name: ("loss_point", np.geomspace(1, end, 5)) for name, end in
             (("network_loss", 0.01), ("kgd_loss", 0.1), ("akgd_loss", 0.05))},
@@ -105,7 +112,8 @@ def fe_fake(point, diverged=-1):
          "layer_alignment": (("probe", "when", "layer", "output"),
                              rng.uniform(0.1, 0.3, (1, 2, len(layers), 4))),
          "diverged_step": ((), diverged)},
-        coords={"step": steps, "probe": [1], "when": when, "mode": k, "layer": layers}), point)
+        coords={"step": steps, "probe": [1], "when": when, "mode": k, "layer": layers,
+                "block": np.arange(4), "target_class": np.arange(4)}), point)
 
 
 def study_runs():

@@ -137,7 +137,7 @@ def test_build_model_output_shape_and_parametrisation(arch, regime):
     out = model(torch.randn(4, *IN_SHAPE))
     assert out.shape == (4, 7)
     assert torch.isfinite(out).all()
-    expected = "ntk" if regime == "lazy" else "standard"
+    expected = "standard" if regime == "feature" else "ntk"
     layers = _gained_layers(model)
     assert layers and all(m.parametrization == expected for m in layers)
     # every parameter belongs to a gained layer (the NTK engine reads their gains), or to a
@@ -233,7 +233,7 @@ def test_standard_parametrisation_output_shrinks_with_width_ntk_does_not():
 
 @pytest.mark.parametrize("kw, match", [
     (dict(arch="resnet"), "arch"),
-    (dict(regime="ntk"), "regime"),
+    (dict(regime="mean_field"), "regime"),
     (dict(activation="gelu"), "activation"),
     (dict(arch="cnn", activation="sigmoid"), "activation"),
     (dict(width=0), "width"),

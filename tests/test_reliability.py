@@ -16,7 +16,8 @@ from conftest import defaults
 from ntkpipe import stages, store
 
 RUN = {"dataset": "digits", "classes_per_task": 5, "arch": "mlp", "depth": 1,
-       "activation": "relu", "optimizer": "sgd", "loss": "cross_entropy", "batch_size": 64,
+       "activation": "relu", "optimizer": "sgd", "loss": "cross_entropy", "target": "labels",
+        "epochs": "auto", "batch_size": 64,
        "regime": "feature", "width": 16, "lr": 0.1, "seed": 3}
 TRAIN = defaults("train", phase1={"target_accuracy": 0.99, "min_epochs": 1, "max_epochs": 4},
                  phase2={"epochs": 2}, snapshots={"log_points": 4, "dense_steps": 3},

@@ -10,7 +10,8 @@ from ntkpipe import config, scorecard, stages, store, studies, sweep
 from ntkpipe.summary import combine
 
 BASE = {"dataset": "digits", "classes_per_task": 5, "arch": "mlp", "depth": 2,
-        "activation": "relu", "optimizer": "sgd", "loss": "cross_entropy", "batch_size": 64,
+        "activation": "relu", "optimizer": "sgd", "loss": "cross_entropy", "target": "labels",
+        "epochs": "auto", "batch_size": 64,
         "regime": "lazy", "width": 64, "lr": 0.1, "seed": 0, "shift": "conceptual",
         "shared_classes": 0, "alpha": 0.0, "n_tasks": 2}
 THRESHOLDS = config.validate({"sweeps": {"w": {}}})["scorecard"]
@@ -336,23 +337,34 @@ def test_eos_excludes_diverged_runs():
 
 
 def fe_run(point, network=0.05, kgd=0.1, akgd=0.08, alignment=(0.1, 0.2, 0.28, 0.3),
-           dominance=None, gamma=None, points=5, diverged=-1):
+           dominance=None, gamma=None, points=5, diverged=-1, hidden=0.3, readout=0.0,
+           b=(1.2, 1.0), a=(1.0, 1.3), r2=0.95):
     """A feature-evolution run: losses at `points` comparison points ending at `network`,
     `kgd`, `akgd`; A(t) at steps 0, 10, 50, 100 (50 is halfway); KSM dominance ending at
-    `dominance` (default 0.2 non-linear, 0.01 linear); γ (default 0.1 · depth)."""
+    `dominance` (default 0.2 non-linear, 0.01 linear), of its hidden part at `hidden` and of
+    its readout part at `readout`; γ (default 0.1 · depth); spectral exponents b and a
+    (initial, final) fitted with r²."""
     if dominance is None:
         dominance = 0.01 if point["activation"] == "linear" else 0.2
     decay = lambda end: np.linspace(1.0, end, points)  # noqa: E731
+    ramp = lambda end: np.linspace(0, end, 4)  # noqa: E731
+    fits = {f"{kind}_{field}": ("when", np.array(values, float))
+            for kind, pair in (("eigen", b), ("task", a))
+            for field, values in (("exponent", pair), ("fit_r2", [r2, r2]),
+                                  ("fit_kmin", [2, 2]), ("fit_kmax", [40, 40]))}
     return tag(xr.Dataset(
         {"spectral_norm": (("probe", "step"), np.ones((1, 4))),
-         "target_alignment": (("probe", "step"), np.array([alignment])),
-         "specialization_dominance": (("probe", "step"), np.linspace(0, dominance, 4)[None]),
+         "fe_alignment": ("step", np.array(alignment)),
+         "train_ksm_dominance": ("step", ramp(dominance)),
+         "hidden_ksm_dominance": ("step", ramp(hidden)),
+         "readout_ksm_dominance": ("step", ramp(readout)),
+         **fits,
          "loss_step": ("loss_point", np.arange(points) * 25.0),
          "network_loss": ("loss_point", decay(network)), "kgd_loss": ("loss_point", decay(kgd)),
          "akgd_loss": ("loss_point", decay(akgd)),
          "effective_gamma": ((), 0.1 * point["depth"] if gamma is None else gamma),
          "diverged_step": ((), diverged)},
-        coords={"step": [0, 10, 50, 100], "probe": [1]}), point)
+        coords={"step": [0, 10, 50, 100], "probe": [1], "when": ["initial", "final"]}), point)
 
 
 def fe_sweep(change=None):
@@ -376,8 +388,13 @@ def deeper(depth):
 
 def test_feature_evolution_claims_hold():
     runs = fe_sweep({("relu", d): {"alignment": deeper(d)} for d in (1, 2, 3)})
-    d, rises, saturates, diagonal, flat, gamma, depth = fe_rows(runs)
+    d, rises, saturates, diagonal, flat, parts, b, a, gamma, depth = fe_rows(runs)
     assert d.value == pytest.approx(0.05 / 0.08) and d.holds == "true"
+    assert parts.value == pytest.approx(0.3) and parts.holds == "true"
+    # b falls by 0.2 and a rises by 0.3 in all 6 non-linear runs: sign-flip p = 1/64
+    assert b.value == pytest.approx(-0.2) and b.holds == "true" and b.n == 6
+    assert b.p_value == pytest.approx(1 / 64) and a.value == pytest.approx(0.3)
+    assert a.holds == "true" and "r² min 0.95" in a.note
     assert rises.value == pytest.approx(0.21) and rises.holds == "true"
     assert saturates.value == pytest.approx(0.02 / 0.21) and saturates.holds == "true"
     assert diagonal.value == pytest.approx(0.2) and diagonal.holds == "true"
@@ -391,7 +408,7 @@ def test_feature_evolution_claims_fail():
     runs = fe_sweep({("relu", 2): {"network": 0.1, "alignment": (0.1, 0.12, 0.15, 0.3),
                                      "dominance": 0.01},
                        ("relu", 3): {"gamma": 0.01}, ("linear", 3): {"dominance": -0.1}})
-    d, rises, saturates, diagonal, flat, gamma, depth = fe_rows(runs)
+    d, rises, saturates, diagonal, flat, parts, b, a, gamma, depth = fe_rows(runs)
     assert d.value == pytest.approx(0.1 / 0.08) and d.holds == "false"
     assert rises.holds == "true"
     assert saturates.value == pytest.approx(0.15 / 0.2) and saturates.holds == "false"
@@ -420,10 +437,26 @@ def test_feature_evolution_excludes_diverged_runs():
 def test_new_studies_untested_without_their_variables():
     rows = evaluate(summary(width_runs()), THRESHOLDS)
     new = [r for r in rows if r.study in ("edge_of_stability", "feature_evolution")]
-    assert len(new) == 12 and {r.holds for r in new} == {"untested"}
+    assert len(new) == 15 and {r.holds for r in new} == {"untested"}
     linear_only = fe_rows([r for r in fe_sweep() if "linear" in r.attrs["wildcards_json"]])
     assert [r.holds for r in linear_only] == ["untested"] * 3 + ["untested", "true"] \
-        + ["untested"] * 2
+        + ["untested"] * 5
+
+
+def test_readout_that_specialises_or_hidden_that_does_not_fails_the_parts_row():
+    for change in ({"readout": 0.2}, {"hidden": 0.01}):
+        rows = fe_rows(fe_sweep({("relu", 2): change}))
+        assert rows[5].holds == "false", change
+
+
+def test_spectral_exponents_that_move_the_other_way_fail():
+    runs = fe_sweep({("relu", d): {"b": (1.0, 1.2), "a": (1.3, 1.0)} for d in (1, 2, 3)})
+    b, a = fe_rows(runs)[6:8]
+    assert b.value == pytest.approx(0.2) and b.holds == "false"
+    assert a.value == pytest.approx(-0.3) and a.holds == "false"
+    # mixed directions (3 of 6 each way): neither holds nor fails
+    mixed = fe_sweep({("relu", 1): {"b": (1.0, 1.4)}})
+    assert fe_rows(mixed)[6].holds == "inconclusive"
 
 
 def test_final_takes_each_runs_last_finite_step():

@@ -12,7 +12,8 @@ from ntkpipe.summary import collect, combine, grid, run_parameters
 from ntkpipe.sweep import PHASE1_KEYS, SHIFT_KEYS, SWEEP_KEYS
 
 BASE = {"dataset": "digits", "classes_per_task": 5, "arch": "mlp", "depth": 2,
-        "activation": "relu", "optimizer": "sgd", "loss": "cross_entropy", "batch_size": 64,
+        "activation": "relu", "optimizer": "sgd", "loss": "cross_entropy", "target": "labels",
+        "epochs": "auto", "batch_size": 64,
         "regime": "lazy", "width": 64, "lr": 0.1, "seed": 0, "shift": "conceptual",
         "shared_classes": 0, "alpha": 0.0, "n_tasks": 2}
 PROBES = [0, 1]
@@ -308,8 +309,10 @@ def test_ids_round_trip():
              "shared_classes": 5}
     rid, sid = sweep.run_id(point), sweep.shift_id(point)
     assert rid == ("dataset~digits/classes_per_task~5/arch~mlp/depth~2/activation~relu/"
-                   "optimizer~sgd/loss~cross_entropy/batch_size~full/regime~lazy/width~64/"
-                   "lr~0.003/seed~0")
+                   "optimizer~sgd/loss~cross_entropy/target~labels/batch_size~full/"
+                   "epochs~auto/regime~lazy/width~64/lr~0.003/seed~0")
+    fixed = {**point, "epochs": 300, "target": "teacher"}
+    assert sweep.parse_id(sweep.run_id(fixed), PHASE1_KEYS)["epochs"] == 300
     assert sid == "shift~frequency/shared_classes~5/alpha~0.25/n_tasks~2"
     assert sweep.parse_id(rid, PHASE1_KEYS) == {k: point[k] for k in PHASE1_KEYS}
     assert sweep.parse_id(sid, SHIFT_KEYS) == {k: point[k] for k in SHIFT_KEYS}

@@ -235,7 +235,7 @@ DYNAMICS = {
                 "regime": ["feature"], "activation": ["tanh"], "lr": [0.05, 0.1]},
         "features": {"analyses": ["train_kernel", "specialization"], "n_tasks": [1],
                      "width": [16], "regime": ["feature"], "activation": ["relu", "linear"],
-                     "depth": [1, 2], "lr": [0.05]},
+                     "depth": [1, 2], "lr": [0.05], "epochs": [6]},
     },
 }
 
@@ -265,8 +265,12 @@ def test_analyses_reach_the_summary(dynamics):
     feats = ds.where(ds["activation"] != "tanh", drop=True)
     assert feats.sizes["run"] == 4 and np.isnan(feats["sharpness"].values).all()
     for name in ("kgd_loss", "akgd_loss", "effective_gamma", "eigen_exponent",
-                 "specialization", "layer_alignment"):
+                 "probe_specialization", "probe_layer_alignment", "train_ksm", "fe_alignment",
+                 "hidden_ksm_dominance"):
         assert np.isfinite(feats[name].values).any(), name
+    # the fixed horizon: six full-batch steps, whatever the loss
+    last = feats["fe_alignment"].dropna("step", how="all")["step"].values.max()
+    assert int(last) == 6
     first = feats.isel(loss_point=0)
     np.testing.assert_allclose(first["kgd_loss"].values, first["network_loss"].values,
                                rtol=1e-5)
@@ -308,7 +312,7 @@ def test_cli_shows_the_study_measures_of_a_run(dynamics):
         found["tanh" if "activation~tanh" in str(path) else "other"] = end
     assert found["tanh"]["stability_threshold"] in (20.0, 40.0)
     assert found["tanh"]["final_sharpness"] > 0
-    assert {"final_kgd_loss", "effective_gamma", "final_specialization_dominance",
+    assert {"final_kgd_loss", "effective_gamma", "final_train_ksm_dominance",
             "eigen_exponent_final"} <= set(found["other"])
 
 

@@ -18,6 +18,13 @@ from ntkpipe.errors import InputError
 
 # Classes of each dataset with a fixed number (imagefolder's come from its class list).
 NUM_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "cifar100": 100}
+# Training samples per class of the fixed-size datasets (digits: ntkpipe's 2/3 training split).
+TRAIN_PER_CLASS = {
+    "digits": (119, 122, 118, 122, 121, 122, 121, 120, 116, 120),
+    "mnist": (5923, 6742, 5958, 6131, 5842, 5421, 5918, 6265, 5851, 5949),
+    "cifar10": (5000,) * 10,
+    "cifar100": (500,) * 100,
+}
 
 
 class ConfigError(InputError, ValueError):
@@ -152,9 +159,50 @@ def _check_sweep(name: str, config: dict[str, Any]) -> None:
                               f"{point['optimizer']}: <epochs>")
         if "sharpness" in config["sweeps"][name].get("analyses", []) and total is not None:
             _check_full_kernel(config, total)
+        _check_subsets(config, name, point)
+        if point["target"] == "teacher" and point["arch"] != "mlp":
+            raise ConfigError(f"'{key}.target' is teacher, which needs a flat input: a linear "
+                              f"teacher y^c = s^cᵀx is defined on the vector an mlp reads, but "
+                              f"the sweep runs arch {point['arch']!r} on {point['dataset']} "
+                              "images; use arch mlp or target labels")
+        if point["target"] == "teacher" and point["loss"] != "mse":
+            raise ConfigError(f"'{key}.target' is teacher, whose real-valued targets need "
+                              f"loss mse, not {point['loss']!r}")
         if point["arch"] == "cnn-relu" and point["dataset"] == "digits":
             raise ConfigError(f"'{key}.arch': cnn-relu pools twice and needs images of at "
                               "least 16×16; digits are 8×8 (use mlp or cnn)")
+
+
+def task1_train_size(config: dict[str, Any], point: dict[str, Any]) -> tuple[int, bool] | None:
+    """(training samples of a point's task 1, exact?) when the dataset's size is known: exact
+    for the natural class order, the smallest possible task for a shuffled one."""
+    counts = TRAIN_PER_CLASS.get(point["dataset"])
+    if counts is None:
+        return None
+    c = point["classes_per_task"]
+    natural = config["dataset"]["class_order"] == "natural"
+    size = sum(counts[:c]) if natural else sum(sorted(counts)[:c])
+    cap = config["dataset"]["train_per_task"]
+    return (min(size, cap) if cap else size), natural
+
+
+def _check_subsets(config: dict[str, Any], name: str, point: dict[str, Any]) -> None:
+    """A training subset an analysis measures on must fit in task 1's training set."""
+    known = task1_train_size(config, point)
+    if known is None:
+        return
+    size, exact = known
+    wanted = {"sharpness": ("subset",), "train_kernel": ("block_subset",)}
+    for analysis in config["sweeps"][name].get("analyses", []):
+        for setting in wanted.get(analysis, ()):
+            subset = config["analysis"][analysis][setting]
+            if subset > size:
+                task = "task 1 has" if exact else "task 1 can have as few as"
+                raise ConfigError(
+                    f"'analysis.{analysis}.{setting}' is {subset}, larger than the task it is "
+                    f"drawn from: in sweep {name!r} {task} {size} training samples "
+                    f"({point['classes_per_task']} classes of {point['dataset']}); lower it to "
+                    f"at most {size}")
 
 
 def full_kernel_bytes(samples: int, outputs: int, itemsize: int = 8) -> int:

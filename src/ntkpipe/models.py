@@ -6,7 +6,7 @@ scalars, `weight_gain` and `bias_gain`, applied in the forward pass:
     y = weight_gain · (W x) + bias_gain · b
 
 Standard parametrisation (regime "feature"): gains 1, torch's default Kaiming-uniform init.
-NTK parametrisation (regime "lazy"): W, b ~ N(0, 1), weight_gain = σ_w / √fan_in,
+NTK parametrisation (regimes "lazy" and "ntk"): W, b ~ N(0, 1), weight_gain = σ_w / √fan_in,
 bias_gain = σ_b (Jacot et al. 2018, eq. 1; the convention of neural-tangents' `stax`).
 The NTK engine reads the gains, so both parametrisations get exact factorised kernels.
 
@@ -27,7 +27,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-REGIMES = ("lazy", "feature")
+# lazy: the NTK parametrisation at lr · lazy_lr_scale; ntk: the same parametrisation at the lr
+# as given (neural-tangents' default, the one Shan & Bordelon 2021 trained); feature: standard
+REGIMES = ("lazy", "feature", "ntk")
 ACTIVATIONS = ("relu", "tanh", "linear")
 ARCHS = ("mlp", "cnn", "cnn-relu", "vit")
 
@@ -286,16 +288,17 @@ def build_model(arch: str, in_shape: Sequence[int], num_outputs: int, *, width: 
                 depth: int, activation: str, regime: str, bias: bool = True,
                 bias_std: float = 0.1, seed: int = 0, patch_size: int = 4,
                 heads: int | None = None, mlp_ratio: float = 4.0) -> nn.Sequential:
-    """The network of one run, initialised from `seed` (regime 'lazy' = NTK parametrisation,
-    'feature' = standard parametrisation with Kaiming-uniform init). `patch_size`, `heads` and
-    `mlp_ratio` shape `arch='vit'` only, whose activation may also be 'gelu'."""
+    """The network of one run, initialised from `seed` (regimes 'lazy' and 'ntk' = NTK
+    parametrisation, 'feature' = standard parametrisation with Kaiming-uniform init).
+    `patch_size`, `heads` and `mlp_ratio` shape `arch='vit'` only, whose activation may also be
+    'gelu'."""
     if regime not in REGIMES:
         raise ValueError(f"regime must be one of {REGIMES}, got {regime!r}")
     if activation not in ACTIVATIONS and not (arch == "vit" and activation == "gelu"):
         raise ValueError(f"activation must be one of {ACTIVATIONS}, got {activation!r}")
     if arch == "cnn-relu" and activation != "relu":
         raise ValueError(f"cnn-relu is a ReLU network; activation must be 'relu', got {activation!r}")
-    parametrization = "ntk" if regime == "lazy" else "standard"
+    parametrization = "standard" if regime == "feature" else "ntk"
     # fork_rng restores every generator manual_seed touches (CPU and each CUDA device)
     devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
     with torch.random.fork_rng(devices=devices):

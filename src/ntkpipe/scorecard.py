@@ -180,6 +180,30 @@ def trend_row(study: str, name: str, ds: Any, runs: np.ndarray, key: str, values
                low=interval[0], high=interval[1], p_value=p)
 
 
+def change_row(study: str, name: str, before: np.ndarray, after: np.ndarray, symbol: str,
+               sense: str, what: str, note: str = "") -> Row:
+    """A row checking that a per-run quantity moves in one direction over training: the mean
+    change after − before over the runs, its sign-flip p-value and a bootstrap interval over
+    the runs; it holds when the mean moves the claimed way at p ≤ 0.05 and fails when the
+    whole interval lies on the other side of 0."""
+    diff = np.asarray(after, dtype=float) - np.asarray(before, dtype=float)
+    diff = diff[np.isfinite(diff)]
+    statistic = f"mean over {what} of {symbol}_final − {symbol}_initial"
+    if len(diff) < 2:
+        return Row(study, name, statistic, np.nan, f"{sense} 0", "untested",
+                   f"fewer than 2 {what} with both fits", n=len(diff))
+    mean = float(diff.mean())
+    p = stats.sign_flip_test(diff, sense)
+    interval = stats.bootstrap(np.nanmean, diff)
+    clears = mean > 0 if sense == ">=" else mean < 0
+    wrong = interval[1] < 0 if sense == ">=" else interval[0] > 0
+    holds = "true" if clears and p <= stats.ALPHA else "false" if wrong else "inconclusive"
+    moved = int(np.sum(diff > 0 if sense == ">=" else diff < 0))
+    return Row(study, name, statistic, mean, f"{sense} 0 (p ≤ {stats.ALPHA})", holds,
+               f"{moved} of {len(diff)} {what} moved that way" + (f"; {note}" if note else ""),
+               n=len(diff), low=interval[0], high=interval[1], p_value=p)
+
+
 def evaluate(study: Any, ds: Any, thresholds: dict[str, float]) -> list[Row]:
     """A study's rows on a summary merged with its measures (diverged runs excluded)."""
     clean, diverged = without_diverged(ds)

@@ -97,6 +97,26 @@ def trend_test(levels: np.ndarray, values: np.ndarray, sense: str,
     return rho, float(p_value), interval
 
 
+def sign_flip_test(differences: np.ndarray, sense: str,
+                   resamples: int = RESAMPLES) -> float:
+    """One-sided p-value that the mean of paired differences (after − before, one per run) is
+    below 0 ('<=') or above it ('>='), under the null of a difference symmetric about 0:
+    every sign pattern exactly for up to 16 pairs, `resamples` drawn ones beyond."""
+    d = np.asarray(differences, dtype=float)
+    d = d[np.isfinite(d)]
+    if not len(d):
+        return np.nan
+    sign = 1.0 if sense == ">=" else -1.0
+    if len(d) <= 16:
+        patterns = 1 - 2 * ((np.arange(2 ** len(d))[:, None] >> np.arange(len(d))) & 1)
+    else:
+        patterns = np.random.default_rng(SEED).choice([-1.0, 1.0], size=(resamples, len(d)))
+    means = sign * (patterns @ d) / len(d)
+    observed = sign * d.mean()
+    hits = int(np.sum(means >= observed - 1e-12 * max(1.0, abs(observed))))
+    return float(hits / len(patterns)) if len(d) <= 16 else float((1 + hits) / (1 + resamples))
+
+
 def verdict(value: float, interval: tuple[float, float], threshold: float, sense: str) -> str:
     """'true' when the whole interval clears the threshold, 'false' when it lies wholly on the
     other side, 'inconclusive' when it straddles it or is unknown; 'untested' without a

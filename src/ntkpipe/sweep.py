@@ -12,7 +12,7 @@ import re
 from typing import Any, Iterator
 
 PHASE1_KEYS = ("dataset", "classes_per_task", "arch", "depth", "activation", "optimizer",
-               "loss", "batch_size", "regime", "width", "lr", "seed")
+               "loss", "target", "batch_size", "epochs", "regime", "width", "lr", "seed")
 SHIFT_KEYS = ("shift", "shared_classes", "alpha", "n_tasks")
 SWEEP_KEYS = PHASE1_KEYS + SHIFT_KEYS
 SPLIT_KEYS = ("dataset", "classes_per_task", "seed")
@@ -32,6 +32,7 @@ def _defaults(config: dict[str, Any]) -> dict[str, Any]:
         "arch": config["model"]["arch"], "depth": config["model"]["depth"],
         "activation": config["model"]["activation"],
         "optimizer": config["train"]["optimizer"], "loss": config["train"]["loss"],
+        "target": config["train"]["target"], "epochs": config["train"]["phase1"]["epochs"],
         "batch_size": config["train"]["batch_size"], "regime": "lazy", "width": 256,
         "lr": config["train"]["lr"], "seed": 0, "shift": "conceptual", "shared_classes": 0,
         "alpha": 0.0, "n_tasks": 2,
@@ -53,6 +54,8 @@ def parse_value(key: str, text: str) -> Any:
         return int(text)
     if key == "batch_size":
         return text if text == "full" else int(text)
+    if key == "epochs":
+        return text if text == "auto" else int(text)
     return text
 
 

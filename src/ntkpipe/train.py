@@ -52,7 +52,12 @@ def snapshot_schedule(max_steps: int, log_points: int, dense_steps: int = 0,
 
 
 def per_sample_loss(outputs: torch.Tensor, labels: torch.Tensor, loss: str) -> torch.Tensor:
-    """Loss of each sample: cross-entropy, or MSE 0.5‖f − y‖² against one-hot y."""
+    """Loss of each sample: cross-entropy, or MSE 0.5‖f − y‖² against one-hot y (or against
+    `labels` itself when it is an (N, O) matrix of real targets, e.g. a linear teacher's)."""
+    if labels.ndim == 2:
+        if loss != "mse":
+            raise ValueError(f"real-valued targets need loss 'mse', got {loss!r}")
+        return 0.5 * (outputs - labels.to(outputs.dtype)).pow(2).sum(dim=1)
     if loss == "cross_entropy":
         return F.cross_entropy(outputs, labels, reduction="none")
     if loss == "mse":
@@ -76,7 +81,9 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str,
     for i in range(0, len(x), batch):
         out = model(x[i:i + batch])
         total += float(loss_value(out, y[i:i + batch], loss)) * len(out)
-        correct.append(out.argmax(dim=1) == y[i:i + batch])
+        truth = y[i:i + batch]
+        # real targets: "correct" when the largest output is the largest target's
+        correct.append(out.argmax(dim=1) == (truth.argmax(dim=1) if truth.ndim == 2 else truth))
     model.train(was_training)
     return total / max(len(x), 1), torch.cat(correct) if correct else torch.zeros(0, dtype=bool)
 

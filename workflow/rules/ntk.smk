@@ -60,8 +60,8 @@ rule sharpness:
 
 
 rule train_kernel:
-    """Feature evolution: the traced NTK on task 1's training set at the start and the end of
-    phase 1, the network's outputs there and its loss at every step."""
+    """Feature evolution: task 1's training-set kernel at every phase-1 snapshot (alignment,
+    norm, per-layer per-output-block alignments), the traced NTK and the outputs at its ends."""
     input:
         data=lambda wc: f"{R}/data/{run_params(wc)['dataset']}.npz",
         split=lambda wc: f"{R}/splits/{split_of(wc)}/task1.npz",
@@ -80,6 +80,7 @@ rule train_kernel:
         model=model_settings(),
         train=lr_settings(),
         ntk={k: config["ntk"][k] for k in ("dtype", "max_memory_gb")},
+        settings={"block_subset": config["analysis"]["train_kernel"]["block_subset"]},
         code=ntksmk.code_hash("ntkpipe.stages.analyses"),
     script:
         "../scripts/train_kernel.py"

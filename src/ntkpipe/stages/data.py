@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import numpy as np
 
 from ntkpipe import store
+from ntkpipe.errors import InputError
 from ntkpipe.splits import TaskSplit, make_tasks, probe_set
 
 if TYPE_CHECKING:
@@ -15,6 +16,7 @@ if TYPE_CHECKING:
 
 Log = Callable[[str], None]
 _SUBSET_STREAM = 7  # RNG stream of the sharpness subsets (splits.py uses 0..3)
+_TEACHER_STREAM = 8  # RNG stream of the linear teacher's weights
 
 
 def quiet(line: str) -> None:
@@ -82,8 +84,11 @@ def load_split(path: str | Path) -> TaskSplit:
 def sharpness_subset(labels: np.ndarray, classes: list[int], size: int, seed: int,
                      task: int) -> np.ndarray:
     """Positions of a fixed class-balanced subset of a task's training samples (all of them
-    when `size` reaches their number)."""
-    if size >= len(labels):
+    when `size` is their number; InputError when it exceeds it)."""
+    if size > len(labels):
+        raise InputError(f"a training subset of {size} samples is larger than task {task}, "
+                         f"which has {len(labels)}: lower the analysis' subset setting")
+    if size == len(labels):
         return np.arange(len(labels))
     return probe_set(labels, classes, size, np.random.default_rng([seed, _SUBSET_STREAM, task]))
 
@@ -94,3 +99,33 @@ def task_subset(data: dict[str, Any], split: TaskSplit, task: int, size: int, se
     and the training-kernel alignment are measured on."""
     idx = np.unique(split.train[task - 1])  # a frequency shift may repeat samples
     return idx[sharpness_subset(data["y_train"][idx], split.classes[task - 1], size, seed, task)]
+
+
+def linear_teacher(x: np.ndarray, outputs: int, seed: int) -> np.ndarray:
+    """O linear teacher targets y^c = s^cᵀx, s^c ~ N(0, I/d) drawn from `seed`, for every row
+    of a flat input x (N, d): the deep linear control of Shan & Bordelon 2021 (arXiv
+    2105.14301, §4.3). (N, O) float64."""
+    if x.ndim != 2:
+        raise ValueError(f"a linear teacher needs flat inputs (N, d), got {x.shape}")
+    weights = np.random.default_rng([seed, _TEACHER_STREAM]).normal(
+        0.0, 1.0 / np.sqrt(x.shape[1]), size=(x.shape[1], outputs))
+    return x.astype(np.float64) @ weights
+
+
+def train_targets(data: dict[str, Any], run: dict[str, Any], which: str = "train"
+                  ) -> np.ndarray | None:
+    """The real-valued targets a run fits on the `which` ("train" or "test") set (None: its
+    class labels); train and test share the teacher."""
+    if run.get("target", "labels") == "labels":
+        return None
+    x = data[f"x_{which}"]
+    return linear_teacher(x.reshape(len(x), -1), data["num_classes"], run["seed"])
+
+
+def target_matrix(data: dict[str, Any], run: dict[str, Any], idx: np.ndarray) -> np.ndarray:
+    """(len(idx), O) float64 targets of training samples `idx`: one-hot labels or the
+    teacher's outputs."""
+    teacher = train_targets(data, run)
+    if teacher is None:
+        return np.eye(data["num_classes"])[data["y_train"][idx]]
+    return teacher[idx]

@@ -13,7 +13,7 @@ from ntkpipe import store
 from ntkpipe.progress import ProgressBar
 from ntkpipe.splits import TaskSplit
 from ntkpipe.stages.data import Log, compute_device, load_data, load_split, quiet, tensors
-from ntkpipe.stages.training import make_model
+from ntkpipe.stages.training import fit_targets, make_model
 
 if TYPE_CHECKING:
     import torch
@@ -70,7 +70,8 @@ def _per_sample(model: "torch.nn.Module", x: "torch.Tensor", y: "torch.Tensor", 
     with torch.no_grad():
         out = model(x)
         losses = per_sample_loss(out, y, loss)
-    return losses.double().cpu().numpy(), (out.argmax(1) == y).cpu().numpy()
+    truth = y.argmax(1) if y.ndim == 2 else y  # real targets: the largest one's output
+    return losses.double().cpu().numpy(), (out.argmax(1) == truth).cpu().numpy()
 
 
 def task_scores(losses: np.ndarray, correct: np.ndarray, labels: np.ndarray,
@@ -126,8 +127,9 @@ def extract_ntk(data_path: str | Path, split_path: str | Path, snapshot_paths: l
     kinds = list(ntk_cfg["kernels"])
     probes = sorted(split.probe)
     arrays = tensors(data, device)
-    x_test, y_test, x_train, y_train = (arrays[k] for k in ("x_test", "y_test", "x_train",
-                                                             "y_train"))
+    x_test, x_train = arrays["x_test"], arrays["x_train"]
+    # what the loss compares with: the labels, or a linear teacher's targets
+    y_test, y_train = (fit_targets(data, run, arrays, which) for which in ("test", "train"))
     test_labels, train_labels = data["y_test"], data["y_train"]
     n_tasks = len(split.classes)
     kernels: dict[str, list] = {k: [] for k in set(kinds) | {"trace"}}

@@ -27,6 +27,21 @@ def make_model(data: dict[str, Any], run: dict[str, Any], model_cfg: dict[str, A
                        bias_std=model_cfg["bias_std"], seed=run["seed"])
 
 
+def fit_targets(data: dict[str, Any], run: dict[str, Any],
+                arrays: dict[str, "torch.Tensor"], which: str = "train") -> "torch.Tensor":
+    """What the loss compares the outputs with, for every sample of the `which` set: the
+    class labels, or the linear teacher's real targets (in the inputs' dtype)."""
+    import torch
+
+    from ntkpipe.stages.data import train_targets
+
+    teacher = train_targets(data, run, which)
+    if teacher is None:
+        return arrays[f"y_{which}"]
+    x = arrays[f"x_{which}"]
+    return torch.from_numpy(teacher).to(x.device, x.dtype)
+
+
 def _schedule(run: dict[str, Any], train_cfg: dict[str, Any],
               monitor: "Monitor | None" = None) -> "Schedule":
     from ntkpipe.train import Schedule
@@ -54,7 +69,8 @@ def sharpness_monitor(data: dict[str, Any], split: Any, run: dict[str, Any],
 
     chosen = torch.from_numpy(task_subset(data, split, 1, settings["subset"], run["seed"]))
     x = torch.from_numpy(data["x_train"])[chosen].to(device, torch.float64)
-    y = torch.from_numpy(data["y_train"])[chosen].to(device)
+    y = fit_targets(data, run, {"x_train": torch.from_numpy(data["x_train"]).double(),
+                                "y_train": torch.from_numpy(data["y_train"])})[chosen].to(device)
     warm: dict[str, Any] = {}
 
     def measure(model: "torch.nn.Module") -> list[float]:
@@ -123,10 +139,12 @@ def train_phase1(data_path: str | Path, split_path: str | Path, checkpoint_out: 
     model = make_model(data, run, model_cfg).to(device)
     idx = torch.from_numpy(split.train[0]).to(device)
     p1 = train_cfg["phase1"]
-    task = TaskSpec(1, arrays["x_train"][idx], arrays["y_train"][idx],
-                    max_epochs=max_epochs(p1, run["optimizer"]),
-                    target_accuracy=p1["target_accuracy"],
-                    min_epochs=p1["min_epochs"], target_loss=target_loss(p1, run["loss"]),
+    fixed = run.get("epochs", "auto") != "auto"  # a fixed horizon, whatever the loss does
+    task = TaskSpec(1, arrays["x_train"][idx], fit_targets(data, run, arrays)[idx],
+                    max_epochs=int(run["epochs"]) if fixed else max_epochs(p1, run["optimizer"]),
+                    target_accuracy=None if fixed else p1["target_accuracy"],
+                    min_epochs=int(run["epochs"]) if fixed else p1["min_epochs"],
+                    target_loss=None if fixed else target_loss(p1, run["loss"]),
                     dense_steps=train_cfg["snapshots"]["dense_steps"],
                     plateau_epochs=p1.get("plateau_epochs", 0),
                     loss_tolerance=p1.get("loss_tolerance", 0.0))
@@ -163,7 +181,7 @@ def train_phase2(data_path: str | Path, split_path: str | Path, checkpoint_in: s
         idx = torch.from_numpy(split.train[number - 1]).to(device)
         snapshots = train_cfg["snapshots"]
         grid = snapshots.get("after_boundary", {"every": 0, "steps": 0})
-        tasks.append(TaskSpec(number, arrays["x_train"][idx], arrays["y_train"][idx],
+        tasks.append(TaskSpec(number, arrays["x_train"][idx], fit_targets(data, run, arrays)[idx],
                               max_epochs=train_cfg["phase2"]["epochs"],
                               dense_steps=snapshots["dense_steps"],
                               grid_every=grid["every"], grid_steps=grid["steps"]))

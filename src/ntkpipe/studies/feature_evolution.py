@@ -1,13 +1,16 @@
 """Rapid feature evolution accelerates learning (Shan & Bordelon 2021, arXiv 2105.14301).
 
-On the training set's kernel: the kernel–target alignment A(t) rises early and saturates; the
-network beats kernel gradient descent with the frozen initial kernel (KGD) and with it rescaled
-to the final norm (aKGD); the eigenvalue and task spectra steepen; the kernel specialises per
-class (the kernel specialization matrix, KSM) for non-linear nets but not for deep linear ones;
-deeper nets have a larger effective feature-learning rate γ and align higher (see
-`docs/science.md` §3). The `train_kernel` analysis stores the training-set kernels, the
-`specialization` analysis the per-output and per-layer probe kernels; this module derives the
-measures from them, checks the claims and draws the figures.
+Everything on the training set's kernel, as the paper measures it: the kernel–target alignment
+A(t) rises early and saturates over a fixed horizon; the network beats kernel gradient descent
+with the frozen initial kernel (KGD) and with it rescaled to the final norm (aKGD); after
+training the eigenvalues decay more slowly (b falls) and the targets load the top modes more
+(a rises); the kernel specialises per class (the kernel specialization matrix, KSM) for
+non-linear nets but not for deep linear ones on linear teacher targets, in the hidden layers'
+part K_W while the readout part K_V aligns with every target alike; deeper nets have a larger
+effective feature-learning rate γ and align higher (see `docs/science.md` §3). The
+`train_kernel` analysis reduces the training-set kernel at every snapshot; the `specialization`
+analysis' probe-set KSM is kept under `probe_*` names. This module derives the measures,
+checks the claims and draws the figures.
 """
 
 from __future__ import annotations
@@ -18,7 +21,8 @@ from typing import Any
 import numpy as np
 
 from ntkpipe import figures as plots
-from ntkpipe.scorecard import Row, check, final, per_value, runs_with, trend_row, untested
+from ntkpipe.scorecard import (Row, change_row, check, final, per_value, runs_with, trend_row,
+                               untested)
 from ntkpipe.studies.base import Figure, Study, Threshold
 from ntkpipe.summary import grid
 
@@ -66,12 +70,13 @@ def _specialization(ds: Any) -> Any:
                     ksm[p, s][np.ix_(present, present)] = sub
                     dominance[p, s] = diagonal_dominance(sub)
         ends = [_ends(b[phase1]) for b in blocks]
-        out["specialization"] = (("probe", "when", "output", "output_j"),
+        out["probe_specialization"] = (("probe", "when", "output", "output_j"),
                                  np.stack([ksm[p, e] for p, e in enumerate(ends)]), {
-            "long_name": "kernel specialization matrix KSM(c, c'): alignment of block Θ^{c,c} "
+            "long_name": "probe-set kernel specialization matrix KSM(c, c'): alignment of block "
+                         "Θ^{c,c} "
                          "to class c' over its mean across blocks", "units": "1"})
-        out["specialization_dominance"] = (("probe", "step"), dominance, {
-            "long_name": "KSM mean diagonal minus mean off-diagonal", "units": "1"})
+        out["probe_specialization_dominance"] = (("probe", "step"), dominance, {
+            "long_name": "probe-set KSM mean diagonal minus mean off-diagonal", "units": "1"})
     if "ntk_per_layer" in ds:
         layers = ds["ntk_per_layer"].values.astype(np.float64)  # (probe, step, L, N, N)
         rows = np.full(layers.shape[:1] + (2,) + layers.shape[2:3] + (ds.sizes["output"],),
@@ -80,10 +85,10 @@ def _specialization(ds: Any) -> Any:
             present = np.unique(ds["label"].values[p])
             for w, s in enumerate(_ends(layers[p][phase1])):
                 rows[p, w][:, present] = layer_alignment(layers[p, s], onehot[p][:, present])
-        out["layer_alignment"] = (("probe", "when", "layer", "output"), rows, {
-            "long_name": "alignment yᶜᵀΘ_l yᶜ / (‖Θ_l‖_F ‖yᶜ‖²) of each layer's part of the "
-                         "traced NTK to each class target", "units": "1"})
-        out = out.assign_coords(layer=ds["layer"].values)
+        out["probe_layer_alignment"] = (("probe", "when", "probe_layer", "output"), rows, {
+            "long_name": "probe-set alignment yᶜᵀΘ_l yᶜ / (‖Θ_l‖_F ‖yᶜ‖²) of each layer's part "
+                         "of the traced NTK to each class target", "units": "1"})
+        out = out.assign_coords(probe_layer=ds["layer"].values)
     return out
 
 
@@ -103,15 +108,16 @@ def _train_kernel_measures(tk: Any, cfg: dict[str, Any]) -> Any:
 
     k0, k_final = (tk["train_ntk"].values[i].astype(np.float64) for i in (0, 1))
     labels = tk["train_label"].values
-    y = np.eye(tk.sizes["output"])[labels]
+    y = (tk["train_target"].values.astype(np.float64) if "train_target" in tk
+         else np.eye(tk.sizes["output"])[labels])
     f0 = tk["train_output"].values[0]
     loss_steps, network = tk["loss_step"].values, tk["network_loss"].values
     grid = _loss_grid(int(loss_steps[-1]), cfg.get("loss_points", 200))
     lr = float(tk.attrs["learning_rate"])
     kgd_curve, akgd_curve = np.full(len(grid), np.nan), np.full(len(grid), np.nan)
     usable = np.isfinite(k0).all() and np.isfinite(k_final).all()
-    fit_range = tuple(cfg["fit_range"]) if cfg.get("fit_range") else None
     n = len(labels)
+    chosen = tuple(cfg["fit_range"]) if cfg.get("fit_range") else fixed_fit_range(n)
     eig, task = np.full((2, n), np.nan), np.full((2, n), np.nan)
     fits = {f"{kind}_{field}": np.full(2, np.nan) for kind in ("eigen", "task")
             for field in ("exponent", "fit_kmin", "fit_kmax", "fit_r2")}
@@ -125,11 +131,12 @@ def _train_kernel_measures(tk: Any, cfg: dict[str, Any]) -> Any:
         task[w] = np.sum((vecs.T @ y) ** 2, axis=1)
         align[w] = target_cosine(k, y)
         # beyond the kernel's numerical rank the eigenvectors are an arbitrary basis of its
-        # null space: the task spectrum's fit stops where the eigenvalues' default range does
-        rank_range = spectra.default_power_law_range(eig[w])
+        # null space: neither fit reaches past it
+        rank = spectra.default_power_law_range(eig[w])[1]
+        fit_range = (chosen[0], min(chosen[1], rank))
         for kind, values in (("eigen", eig[w]), ("task", task[w])):
             try:
-                fit = spectra.power_law_fit(values, fit_range or rank_range)
+                fit = spectra.power_law_fit(values, fit_range)
             except ValueError:  # fewer than two positive values in the range
                 continue
             for field, key in (("exponent", "exponent"), ("fit_kmin", "k_min"),
@@ -177,8 +184,72 @@ def _train_kernel_measures(tk: Any, cfg: dict[str, Any]) -> Any:
         **{name: ("when", values, {"long_name": described.get(name, name.replace("_", " "))})
            for name, values in fits.items()},
     }
-    return xr.Dataset(variables, coords={"when": ["initial", "final"],
-                                         "mode": np.arange(1, n + 1)})
+    out = xr.Dataset(variables, coords={"when": ["initial", "final"],
+                                        "mode": np.arange(1, n + 1)})
+    return out.merge(_along_training(tk)) if "train_alignment_t" in tk else out
+
+
+def fixed_fit_range(samples: int) -> tuple[int, int]:
+    """The power-law fit range chosen before looking at any spectrum: modes 2 … ⌊P/10⌋ of P
+    (mode 1, the kernel's near-constant direction, left out; the finite-size tail, where a
+    spectrum of P points bends down, cut)."""
+    return 2, max(3, samples // 10)
+
+
+def _ksm(alignment: np.ndarray) -> np.ndarray:
+    """KSM(c, c') from A(Θ^{c,c}, y^{c'}) (..., block, target): each column over its mean
+    across blocks (Shan & Bordelon 2021, §4.3)."""
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return alignment / alignment.mean(axis=-2, keepdims=True)
+
+
+def _dominance(ksm: np.ndarray) -> np.ndarray:
+    """Mean diagonal minus mean off-diagonal of KSMs (..., O, O)."""
+    o = ksm.shape[-1]
+    diag = np.trace(ksm, axis1=-2, axis2=-1) / o
+    return diag - (ksm.sum(axis=(-2, -1)) - diag * o) / (o * o - o)
+
+
+def _along_training(tk: Any) -> Any:
+    """A(t), ‖Θ(t)‖_F and the kernel specialization along phase 1 from the training-set
+    kernels at every snapshot: the whole kernel, its hidden-layer part K_W and its readout
+    part K_V, and each layer alone."""
+    import xarray as xr
+
+    ksm = _ksm(tk["block_alignment"].values)
+    hidden = _ksm(tk["hidden_block_alignment"].values)
+    layers = _ksm(tk["layer_block_alignment"].values)  # (step, layer, O, O)
+    last = _ends(ksm)[1]
+    mean = "mean diagonal minus mean off-diagonal of the training-set KSM"
+    return xr.Dataset({
+        "fe_alignment": ("step", tk["train_alignment_t"].values, {
+            "long_name": "A(t) of the traced NTK on the whole training set, ⟨Θ, YYᵀ⟩_F / "
+                         "(‖Θ‖_F ‖YYᵀ‖_F)", "units": "1"}),
+        "fe_kernel_norm": ("step", tk["train_kernel_norm"].values, {
+            "long_name": "‖Θ(t)‖_F of the traced NTK on the whole training set"}),
+        "train_ksm": (("block", "target_class"), ksm[last], {
+            "long_name": "final training-set KSM(c, c') of the per-output blocks Θ^{c,c}",
+            "units": "1"}),
+        "train_ksm_hidden": (("block", "target_class"), hidden[last], {
+            "long_name": "final training-set KSM of the hidden layers' part K_W^{c,c}",
+            "units": "1"}),
+        "train_ksm_readout": (("block", "target_class"), layers[last, -1], {
+            "long_name": "final training-set KSM of the readout layer's part K_V^{c,c}",
+            "units": "1"}),
+        "train_ksm_dominance": ("step", _dominance(ksm), {"long_name": mean, "units": "1"}),
+        "hidden_ksm_dominance": ("step", _dominance(hidden), {
+            "long_name": f"{mean}, hidden layers' part K_W", "units": "1"}),
+        "readout_ksm_dominance": ("step", _dominance(layers[:, -1]), {
+            "long_name": f"{mean}, readout layer's part K_V", "units": "1"}),
+        "layer_ksm_dominance": (("step", "fe_layer"), _dominance(layers), {
+            "long_name": f"{mean}, each layer's part alone", "units": "1"}),
+        "layer_class_alignment": (("fe_layer", "target_class"), np.diagonal(
+            tk["layer_block_alignment"].values[last], axis1=-2, axis2=-1), {
+            "long_name": "final A(Θ_l^{c,c}, y^c) of each layer's own block for class c",
+            "units": "1"}),
+    }, coords={"step": tk["step"].values, "block": tk["block"].values,
+               "target_class": tk["target_class"].values,
+               "fe_layer": np.arange(1, tk.sizes["layer"] + 1)})
 
 
 def feature_measures(summary: Any, files: dict[str, dict[str, str]],
@@ -215,10 +286,11 @@ def headline(one: Any) -> dict[str, Any]:
         for name in ("eigen_exponent", "task_exponent"):
             for when in ("initial", "final"):
                 out[f"{name}_{when}"] = float(one[name].sel(when=when))
-    if "specialization_dominance" in one:
-        dominance = one["specialization_dominance"].sel(probe=1).dropna("step")
-        if dominance.size:
-            out["final_specialization_dominance"] = float(dominance[-1])
+    if "train_ksm_dominance" in one:
+        for name in ("train_ksm_dominance", "hidden_ksm_dominance", "readout_ksm_dominance"):
+            series = one[name].dropna("step")
+            if series.size:
+                out[f"final_{name}"] = float(series[-1])
     return out
 
 
@@ -231,7 +303,11 @@ FE_CLAIMS = ["d. the network beats kernel gradient descent (KGD and aKGD)",
              "f. KSM diagonal above off-diagonal (non-linear nets)",
              "f. KSM flat (linear nets)",
              "g. deeper nets, larger effective γ (non-linear nets)",
-             "h. deeper nets align higher (non-linear nets)"]
+             "h. deeper nets align higher (non-linear nets)",
+             "f. readout part K_V aligns with every target alike, hidden part K_W specialises "
+             "(non-linear nets)",
+             "c. eigenvalue exponent b falls after training (non-linear nets)",
+             "c. task-spectrum exponent a rises after training (non-linear nets)"]
 
 
 def _nonlinear(ds: Any, runs: np.ndarray) -> np.ndarray:
@@ -266,16 +342,16 @@ def _late_rise_share(steps: np.ndarray, alignment: np.ndarray) -> tuple[float, f
 def _fe_alignment_rows(ds: Any, runs: np.ndarray, t: dict[str, float]) -> list[Row]:
     """Claim e: A(t) rises early and saturates, on the non-linear feature-evolution runs."""
     runs = _nonlinear(ds, runs)
-    if not len(runs) or "target_alignment" not in ds:
+    if not len(runs) or "fe_alignment" not in ds:
         return untested(FE, FE_CLAIMS[1:3], "no non-linear feature-evolution runs with A(t)")
     steps = ds["step"].values.astype(float)
-    rise, share = np.array([_late_rise_share(steps, ds["target_alignment"].isel(run=run)
-                                             .sel(probe=1).values) for run in runs]).T
+    rise, share = np.array([_late_rise_share(steps, ds["fe_alignment"].isel(run=run).values)
+                            for run in runs]).T
     smallest = float(np.nanmin(rise)) if np.isfinite(rise).any() else np.nan
     latest = float(np.nanmax(share)) if np.isfinite(share).any() else np.nan
     flat = int(np.sum(~np.isfinite(share)))
     return [
-        Row(FE, FE_CLAIMS[1], "min over non-linear runs of A_T − A_0 (probe 1)", smallest,
+        Row(FE, FE_CLAIMS[1], "min over non-linear runs of A_T − A_0 (training set)", smallest,
             "> 0", check(smallest, 1e-12, ">="), f"{len(runs)} runs"),
         Row(FE, FE_CLAIMS[2], "max over non-linear runs of the share of the rise of A "
             "gained over the second half of the steps, (A_T − A_{T/2}) / (A_T − A_0)", latest,
@@ -287,8 +363,8 @@ def _fe_alignment_rows(ds: Any, runs: np.ndarray, t: dict[str, float]) -> list[R
 
 def _specialization_rows(ds: Any, t: dict[str, float]) -> list[Row]:
     """Claim f: the KSM's diagonal dominates for non-linear nets and is flat for linear ones."""
-    runs = runs_with(ds, "specialization_dominance")
-    dominance = final(ds["specialization_dominance"].sel(probe=1)) if len(runs) else None
+    runs = runs_with(ds, "train_ksm_dominance")
+    dominance = final(ds["train_ksm_dominance"]) if len(runs) else None
     margin = t["specialization_margin"]
     rows = []
     nonlinear, linear = _nonlinear(ds, runs), _linear(ds, runs)
@@ -309,6 +385,42 @@ def _specialization_rows(ds: Any, t: dict[str, float]) -> list[Row]:
                                      lambda v: v[np.argmax(np.abs(v))])))
     else:
         rows += untested(FE, [FE_CLAIMS[4]], "no linear runs with the KSM")
+    if len(nonlinear):
+        hidden = final(ds["hidden_ksm_dominance"])[nonlinear]
+        readout = np.abs(final(ds["readout_ksm_dominance"])[nonlinear])
+        value = float(np.nanmin(hidden))
+        alike = float(np.nanmax(readout))
+        holds = ("untested" if not np.isfinite(value) else
+                 str(bool(value >= margin and alike <= margin)).lower())
+        rows.append(Row(FE, FE_CLAIMS[7], "min over non-linear runs of the final KSM dominance "
+                        "of the hidden layers' part K_W", value, f">= {margin}, and readout "
+                        f"|dominance| <= {margin}", holds,
+                        f"{len(nonlinear)} runs; readout part K_V: max |dominance| "
+                        f"{alike:.3g}; hidden part per depth: "
+                        + per_value(ds, nonlinear, "depth", final(ds["hidden_ksm_dominance"]),
+                                    ".3g", np.nanmin), n=len(nonlinear)))
+    else:
+        rows += untested(FE, [FE_CLAIMS[7]], "no non-linear runs with the per-layer KSM")
+    return rows
+
+
+def _spectrum_rows(ds: Any, runs: np.ndarray) -> list[Row]:
+    """Claim c: after training the eigenvalues decay more slowly (b falls) and the targets
+    concentrate on the top modes (a rises), on fit ranges fixed before looking."""
+    runs = _nonlinear(ds, runs)
+    if not len(runs) or "eigen_exponent" not in ds:
+        return untested(FE, FE_CLAIMS[8:10], "no non-linear runs with spectra")
+    rows = []
+    for claim, name, symbol, sense in ((FE_CLAIMS[8], "eigen", "b", "<="),
+                                       (FE_CLAIMS[9], "task", "a", ">=")):
+        fit = ds[f"{name}_exponent"].isel(run=runs)
+        r2 = ds[f"{name}_fit_r2"].isel(run=runs)
+        kmin, kmax = (ds[f"{name}_fit_{k}"].isel(run=runs) for k in ("kmin", "kmax"))
+        span = f"modes {np.nanmin(kmin.values):g}–{np.nanmax(kmax.values):g}"
+        rows.append(change_row(FE, claim, fit.sel(when="initial").values,
+                               fit.sel(when="final").values, symbol, sense, "non-linear runs",
+                               f"fits on {span}; r² min {np.nanmin(r2.values):.3g}, median "
+                               f"{np.nanmedian(r2.values):.3g}"))
     return rows
 
 
@@ -317,7 +429,7 @@ def claim_feature_evolution(ds: Any, t: dict[str, float]) -> list[Row]:
     and saturates, the KSM specialises for non-linear nets only, and deeper nets have a larger
     γ and align higher."""
     descent = runs_with(ds, "network_loss")
-    runs = np.union1d(descent, runs_with(ds, "specialization_dominance"))
+    runs = np.union1d(descent, runs_with(ds, "train_ksm_dominance"))
     if not len(runs):
         return untested(FE, FE_CLAIMS, "no feature-evolution runs (a sweep with analyses: "
                                         "[train_kernel] or [specialization])")
@@ -335,6 +447,7 @@ def claim_feature_evolution(ds: Any, t: dict[str, float]) -> list[Row]:
         rows += untested(FE, [FE_CLAIMS[0]], "no non-linear runs with kernel gradient descent")
     rows += _fe_alignment_rows(ds, runs, t)
     rows += _specialization_rows(ds, t)
+    rows += _spectrum_rows(ds, descent)
     gamma_runs = _nonlinear(ds, runs_with(ds, "effective_gamma"))
     if len(gamma_runs):
         rows.append(trend_row(FE, FE_CLAIMS[5], ds, gamma_runs, "depth",
@@ -342,10 +455,10 @@ def claim_feature_evolution(ds: Any, t: dict[str, float]) -> list[Row]:
                                t["depth_rho"], "non-linear runs"))
     else:
         rows += untested(FE, [FE_CLAIMS[5]], "no non-linear runs with γ")
-    aligned = _nonlinear(ds, runs)
-    if len(aligned) and "target_alignment" in ds:
+    aligned = _nonlinear(ds, runs_with(ds, "fe_alignment"))
+    if len(aligned):
         rows.append(trend_row(FE, FE_CLAIMS[6], ds, aligned, "depth",
-                               final(ds["target_alignment"].sel(probe=1)), "final A",
+                               final(ds["fe_alignment"]), "final A",
                                t["depth_rho"], "non-linear runs"))
     else:
         rows += untested(FE, [FE_CLAIMS[6]], "no non-linear runs with A(t)")
@@ -403,38 +516,55 @@ def kernel_descent(ds: Any, path: str | Path) -> None:
 
 
 def alignment_by_depth(ds: Any, path: str | Path) -> None:
-    """Target alignment A(t) per depth (a panel per activation) and effective γ against depth."""
+    """A(t) and ‖Θ(t)‖_F of the training-set kernel per depth (a column per activation), and γ
+    and the final A against depth (Shan & Bordelon 2021, Figs. 1 and 6)."""
     plt = plots.pyplot()
-    fe = _fe_grid(ds, "network_loss", "alignment-by-depth")
-    activations = plots.with_data(fe, "activation", "network_loss")
-    fig, axes = plt.subplots(1, len(activations) + 1, figsize=(4.6 * (len(activations) + 1), 3.8),
-                             squeeze=False)
+    fe = _fe_grid(ds, "fe_alignment", "alignment-by-depth")
+    activations = plots.with_data(fe, "activation", "fe_alignment")
+    columns = len(activations) + 1
+    fig, axes = plt.subplots(2, columns, figsize=(4.6 * columns, 7.4), squeeze=False)
     colors = plots.colors(plt.cm.plasma, 0.8, fe["depth"].values, fe["depth"].values)
-    for i, (ax, activation) in enumerate(zip(axes[0], activations)):
-        for depth, color in zip(fe["depth"].values, colors):
-            one = fe.sel(activation=activation, depth=depth)
-            x, table = plots.seed_table(one["target_alignment"].sel(probe=1))
-            if len(x):
-                plots.band(ax, x, table, f"depth {depth}{plots.diverged_note(one)}", color)
-        ax.set_xscale("symlog", linthresh=10)
-        ax.set_xlim(left=0)
-        ax.set_xlabel("step")
-        ax.set_ylabel("A(t)")
-        ax.set_title(f"A(t) = yᵀΘy / (‖Θ‖_F ‖y‖²), {activation} MLP", fontsize=9)
+    depths = fe["depth"].values.astype(float)
+    for i, activation in enumerate(activations):
+        for row, (name, label) in enumerate((("fe_alignment", "A(t)"),
+                                             ("fe_kernel_norm", "‖Θ(t)‖_F"))):
+            ax = axes[row, i]
+            for depth, color in zip(fe["depth"].values, colors):
+                one = fe.sel(activation=activation, depth=depth)
+                x, table = plots.seed_table(one[name])
+                if len(x):
+                    plots.band(ax, x, table, f"depth {depth}{plots.diverged_note(one)}", color)
+            ax.set_xscale("symlog", linthresh=10)
+            ax.set_xlim(left=0)
+            ax.set_xlabel("step")
+            ax.set_ylabel(label)
+            ax.set_title(f"{label} of the training-set NTK, {activation} MLP", fontsize=9)
+            ax.legend(fontsize=7)
+        for row, (name, pick) in enumerate((
+                ("γ", lambda r: float(r["effective_gamma"])),
+                ("final A", lambda r: final_value(r["fe_alignment"])))):
+            stats = [plots.mean_sd(plots.per_seed(fe.sel(activation=activation, depth=d), pick))
+                     for d in depths]
+            mean, sd = np.array(stats).T
+            axes[row, -1].errorbar(depths, mean, yerr=sd, marker="o", capsize=3,
+                                   color=f"C{i}", label=activation)
+    for row, (label, title) in enumerate((("γ", "effective feature-learning rate γ"),
+                                          ("final A", "final alignment A(T)"))):
+        ax = axes[row, -1]
+        ax.set_xticks(fe["depth"].values)
+        ax.set_xlabel("depth (hidden layers)")
+        ax.set_ylabel(label)
+        ax.set_title(f"{title} (mean ± sd over seeds)", fontsize=9)
         ax.legend(fontsize=7)
-        depths = fe["depth"].values.astype(float)
-        stats = [plots.mean_sd(plots.per_seed(fe.sel(activation=activation, depth=d),
-                                    lambda r: float(r["effective_gamma"]))) for d in depths]
-        mean, sd = np.array(stats).T
-        axes[0, -1].errorbar(depths, mean, yerr=sd, marker="o", capsize=3, color=f"C{i}",
-                             label=activation)
-    gamma = axes[0, -1]
-    gamma.set_xticks(fe["depth"].values)
-    gamma.set_xlabel("depth (hidden layers)")
-    gamma.set_ylabel("γ")
-    gamma.set_title("effective feature-learning rate γ", fontsize=9)
-    gamma.legend(fontsize=7)
-    plots.finish(fig, "Kernel–target alignment by depth (mean and min–max over seeds)", path)
+    plots.finish(fig, "Kernel–target alignment and kernel norm on the training set, by depth "
+                 "(mean and min–max over seeds)", path)
+
+
+def final_value(da: Any) -> float:
+    """The last finite value of a series (NaN when none)."""
+    values = np.asarray(da.values, dtype=float)
+    finite = np.flatnonzero(np.isfinite(values))
+    return float(values[finite[-1]]) if len(finite) else np.nan
 
 
 def _power_law(ax: Any, k: np.ndarray, spectrum: np.ndarray, fit: Any, prefix: str,
@@ -488,70 +618,55 @@ def kernel_spectra(ds: Any, path: str | Path) -> None:
                  "(λ_k ∼ k^−b, v_k² ∼ k^−a)", path)
 
 
-def _layer_order(names: list[str]) -> list[str]:
-    """Module names in network order (numeric where they are numbers)."""
-    return sorted(names, key=lambda n: (0, int(n), "") if str(n).isdigit() else (1, 0, str(n)))
-
-
 def specialization(ds: Any, path: str | Path) -> None:
-    """Final kernel specialization matrix (deepest net per activation), the alignment of each
-    layer's kernel to each class, and the KSM's diagonal dominance over training."""
+    """Final training-set KSM of the whole kernel, of its readout part K_V and of its hidden
+    part K_W (deepest net per activation), and the three dominances over training (Shan &
+    Bordelon 2021, Figs. 4 and 5)."""
     plt = plots.pyplot()
-    sp = _fe_grid(ds, "specialization", "specialization")
-    activations = plots.with_data(sp, "activation", "specialization")
-    fig, axes = plt.subplots(len(activations), 3, figsize=(14, 3.9 * len(activations)),
+    sp = _fe_grid(ds, "train_ksm", "specialization")
+    activations = plots.with_data(sp, "activation", "train_ksm")
+    fig, axes = plt.subplots(len(activations), 4, figsize=(18, 3.9 * len(activations)),
                              squeeze=False)
-    for ax in axes[1:, 2]:  # one scale: "flat" reads against the non-linear dominance
-        ax.sharey(axes[0, 2])
-    colors = plots.colors(plt.cm.plasma, 0.8, sp["depth"].values, sp["depth"].values)
+    for ax in axes[1:, 3]:  # one scale: "flat" reads against the non-linear dominance
+        ax.sharey(axes[0, 3])
     deepest = {a: max(d for d in sp["depth"].values
-                      if plots.has_data(sp["specialization"].sel(activation=a, depth=d)))
+                      if plots.has_data(sp["train_ksm"].sel(activation=a, depth=d)))
                for a in activations}
-    ksm = {a: plots.nanmean(np.stack(plots.per_seed(sp.sel(activation=a, depth=deepest[a]), lambda r:
-                         r["specialization"].sel(probe=1, when="final").values)))
-           for a in activations}
-    reach = max(np.nanmax(np.abs(m - 1)) for m in ksm.values())
+    parts = {"train_ksm": "whole kernel Θ", "train_ksm_readout": "readout part K_V",
+             "train_ksm_hidden": "hidden part K_W"}
+    matrices = {(a, name): plots.nanmean(np.stack(plots.per_seed(
+        sp.sel(activation=a, depth=deepest[a]), lambda r, n=name: r[n].values)))
+        for a in activations for name in parts}
+    reach = max(float(np.nanmax(np.abs(m - 1))) for m in matrices.values()
+                if np.isfinite(m).any())
+    reach = reach if np.isfinite(reach) and reach > 0 else 1.0
+    styles = {"train_ksm_dominance": ("whole kernel", "-"),
+              "hidden_ksm_dominance": ("hidden part K_W", "--"),
+              "readout_ksm_dominance": ("readout part K_V", ":")}
     for row, activation in zip(axes, activations):
         one = sp.sel(activation=activation, depth=deepest[activation])
-        image = row[0].imshow(ksm[activation], cmap="RdBu_r", vmin=1 - reach, vmax=1 + reach)
-        fig.colorbar(image, ax=row[0], fraction=0.046)
-        classes = np.arange(len(ksm[activation]))
-        row[0].set_xticks(classes)
-        row[0].set_yticks(classes)
-        row[1].set_xticks(classes)
-        row[0].set_xlabel("target class c′")
-        row[0].set_ylabel("kernel block c")
-        row[0].set_title(f"final KSM(c, c′), {activation} depth {deepest[activation]}"
-                         f"{plots.diverged_note(one)}", fontsize=9)
-        layers = one["layer_alignment"].sel(probe=1, when="final")
-        names = _layer_order([n for n in layers["layer"].values if plots.has_data(layers.sel(layer=n))])
-        for j, name in enumerate(names):
-            readout = j == len(names) - 1
-            per_class = layers.sel(layer=name)
-            per_class = per_class.mean("seed") if "seed" in per_class.dims else per_class
-            label = f"readout (module {name})" if readout else f"hidden {j + 1} (module {name})"
-            row[1].plot(np.arange(per_class.sizes["output"]), per_class.values, "o-", ms=3,
-                        color="k" if readout else plt.cm.viridis(0.15 + 0.6 * j / len(names)),
-                        lw=2 if readout else 1.2, label=label)
-        row[1].set_xlabel("class c")
-        row[1].set_ylabel("yᶜᵀΘ_l yᶜ / (‖Θ_l‖_F ‖yᶜ‖²)")
-        row[1].set_title(f"final alignment of each layer's kernel to each class ({activation})",
-                         fontsize=9)
-        row[1].legend(fontsize=7)
-        for depth, color in zip(sp["depth"].values, colors):
-            cell = sp.sel(activation=activation, depth=depth)
-            x, table = plots.seed_table(cell["specialization_dominance"].sel(probe=1))
+        for ax, (name, title) in zip(row[:3], parts.items()):
+            image = ax.imshow(matrices[(activation, name)], cmap="RdBu_r", vmin=1 - reach,
+                              vmax=1 + reach)
+            fig.colorbar(image, ax=ax, fraction=0.046)
+            ax.set_xlabel("target class c′")
+            ax.set_ylabel("kernel block c")
+            ax.set_title(f"final KSM, {title}, {activation} depth {deepest[activation]}"
+                         f"{plots.diverged_note(one)}", fontsize=8)
+        for name, (label, ls) in styles.items():
+            x, table = plots.seed_table(one[name])
             if len(x):
-                plots.band(row[2], x, table, f"depth {depth}{plots.diverged_note(cell)}", color)
-        row[2].axhline(0, color="k", lw=0.8)
-        row[2].set_xscale("symlog", linthresh=10)
-        row[2].set_xlim(left=0)
-        row[2].set_xlabel("step")
-        row[2].set_ylabel("dominance")
-        row[2].set_title(f"KSM mean diagonal − mean off-diagonal ({activation})", fontsize=9)
-        row[2].legend(fontsize=7)
-    plots.finish(fig, "Kernel specialization by class and by layer (mean over seeds; min–max shaded)",
-            path)
+                plots.band(row[3], x, table, label, "k", ls=ls)
+        row[3].axhline(0, color="0.5", lw=0.8)
+        row[3].set_xscale("symlog", linthresh=10)
+        row[3].set_xlim(left=0)
+        row[3].set_xlabel("step")
+        row[3].set_ylabel("KSM mean diagonal − mean off-diagonal")
+        row[3].set_title(f"specialization over training ({activation} depth "
+                         f"{deepest[activation]})", fontsize=8)
+        row[3].legend(fontsize=7)
+    plots.finish(fig, "Kernel specialization on the training set: whole kernel, readout and "
+                 "hidden parts (mean over seeds; min–max shaded)", path)
 
 
 STUDY = Study(
@@ -580,6 +695,6 @@ STUDY = Study(
         Figure("kernel_spectra", kernel_spectra, "captions/kernel_spectra.rst", "depth sweep",
                lambda points, analyses: "train_kernel" in analyses),
         Figure("specialization", specialization, "captions/specialization.rst", "depth sweep",
-               lambda points, analyses: "specialization" in analyses),
+               lambda points, analyses: "train_kernel" in analyses),
     ),
 )

@@ -546,7 +546,8 @@ METRICS = {"spectral_norm": "spectral norm ‖Θ‖₂",
            "kernel_velocity": "velocity S(Θₜ, Θₜ₊₁) at dt = 1",
            "kernel_alignment": "alignment CKA(Θ, YYᵀ)"}
 REGIME_NAMES = {"lazy": "lazy (NTK param., width-independent η)",
-                "feature": "feature learning (standard param.)"}
+                "feature": "feature learning (standard param.)",
+                "ntk": "NTK param. at the given η"}
 
 
 def seed_series(one: Any, variable: str, boundary: int = 1,
