@@ -31,9 +31,10 @@ TINY = {
 pytestmark = pytest.mark.slow
 
 
-def snakemake(workdir: Path, config: dict, *args: str) -> subprocess.CompletedProcess:
+def snakemake(workdir: Path, config: dict, *args: str,
+              sort_keys: bool = True) -> subprocess.CompletedProcess:
     path = workdir / "config.yaml"
-    path.write_text(yaml.safe_dump(config))
+    path.write_text(yaml.safe_dump(config, sort_keys=sort_keys))
     return subprocess.run([str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "--directory",
                            str(workdir), "--configfile", str(path), "--cores", "2", *args],
                           capture_output=True, text=True, timeout=900)
@@ -52,6 +53,24 @@ def workflow(tmp_path_factory):
     done = snakemake(workdir, TINY)
     assert done.returncode == 0, done.stderr[-3000:]
     return workdir
+
+
+def _reversed(mapping: dict) -> dict:
+    return {k: _reversed(v) if isinstance(v, dict) else v for k, v in reversed(mapping.items())}
+
+
+def test_the_same_config_written_otherwise_reruns_nothing(workflow):
+    """Keys in another order (at every level), defaults spelt out, 10 for 10.0: the rules'
+    params are canonical, so nothing is stale."""
+    same = _reversed(TINY)
+    same["train"] = {**same["train"], "lazy_lr_scale": 10, "lr": 0.1, "momentum": 0}
+    done = snakemake(workflow, same, "--dry-run", sort_keys=False)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "Nothing to be done" in done.stdout + done.stderr, done.stdout[-3000:]
+    # a real change still reruns what depends on it
+    changed = {**same, "train": {**same["train"], "lazy_lr_scale": 5}}
+    plan = jobs(snakemake(workflow, changed, "--dry-run", sort_keys=False).stdout)
+    assert plan.get("train_phase1") == 1  # the one lazy phase-1 run of width 16
 
 
 def test_summary_has_sweep_dimensions_and_named_metrics(workflow):
@@ -176,6 +195,9 @@ def test_cli_reports_runs_and_summary(workflow):
     rows = json.loads(runs.stdout)
     assert len(rows) == 3 and {r["status"] for r in rows} == {"done"}
     assert all(len(r["final_accuracy"]) == 2 for r in rows)
+    for r in rows:  # two tasks: BWT = R[2,1] − R[1,1]; forgetting = max(R[1,1]) − R[2,1] = −BWT
+        assert -1 <= r["backward_transfer"] <= 1
+        assert r["forgetting"] == pytest.approx(-r["backward_transfer"], abs=1e-4)
     summary = subprocess.run([str(cli), "summary", "--config", "config.yaml"], cwd=workflow,
                              capture_output=True, text=True, timeout=120)
     assert summary.returncode == 0 and "kernel_velocity" in summary.stdout

@@ -72,6 +72,9 @@ def run_status(results: Path, run: str, shift: str,
     final = ds["accuracy_matrix"].isel(trained_task=-1).values
     info["final_accuracy"] = [round(float(a), 4) for a in final]
     info["boundary_step"] = [int(b) for b in ds["boundary_step"].values]
+    for name in ("backward_transfer", "forgetting"):  # null for a single task (and old files)
+        value = float(ds[name]) if name in ds else float("nan")
+        info[name] = round(value, 4) if np.isfinite(value) else None
     return info
 
 

@@ -85,7 +85,44 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
             error = error.parent  # report "x is not allowed here" rather than one branch
         raise ConfigError(_message(error))
     _check_semantics(full)
-    return full
+    return canonical(full, sch, sch)
+
+
+def _resolve(node_schema: dict[str, Any], root: dict) -> dict[str, Any]:
+    if "$ref" in node_schema:
+        return root["definitions"][node_schema["$ref"].rsplit("/", 1)[-1]]
+    return node_schema
+
+
+def _types(node_schema: dict[str, Any], root: dict) -> set[str]:
+    """The JSON types a (sub)schema admits, through $ref and oneOf/anyOf."""
+    node_schema = _resolve(node_schema, root)
+    kinds = node_schema.get("type", [])
+    found = set([kinds] if isinstance(kinds, str) else kinds)
+    for option in node_schema.get("oneOf", []) + node_schema.get("anyOf", []):
+        found |= _types(option, root)
+    return found
+
+
+def canonical(value: Any, node_schema: dict[str, Any] | None = None,
+              root: dict | None = None) -> Any:
+    """`value` with every mapping's keys sorted (recursively) and every integer the schema
+    types as a number made a float: the same config however it was written (key order,
+    `10` or `10.0`) reaches the rules' `params:` as the same value, so it reruns nothing."""
+    node_schema = _resolve(node_schema or {}, root or {}) if root else (node_schema or {})
+    if isinstance(value, dict):
+        props = node_schema.get("properties", {})
+        extra = node_schema.get("additionalProperties")
+        extra = extra if isinstance(extra, dict) else {}
+        return {k: canonical(value[k], props.get(k, extra), root) for k in sorted(value)}
+    if isinstance(value, list):
+        return [canonical(v, _resolve(node_schema, root).get("items", {}) if root else {},
+                          root) for v in value]
+    if isinstance(value, int) and not isinstance(value, bool) and root:
+        types = _types(node_schema, root)
+        if "number" in types and "integer" not in types:
+            return float(value)
+    return value
 
 
 def _check_thresholds(config: dict[str, Any]) -> None:

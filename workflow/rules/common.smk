@@ -8,9 +8,11 @@ import ntkpipe.studies as ntkstudies
 import ntkpipe.sweep as ntksweep
 
 try:
-    config.update(ntkconfig.validate(config))
+    _valid = ntkconfig.validate(config)  # canonical: keys sorted, numbers normalised
 except ntkconfig.ConfigError as err:
     sys.exit(f"ntkpipe: invalid config: {err}")
+config.clear()  # update() alone would keep the keys in the order they were written
+config.update(_valid)
 
 R = config["results"]
 STUDIES = ntkstudies.load_all(config["studies"])
@@ -93,8 +95,11 @@ def sharpness_watch(analyses):
     return {k: s[k] for k in ("every", "dense", "subset", "top", "tolerance")}
 
 
-def lr_settings():
-    """What turns a run's lr into the learning rate it trains with."""
+def lr_settings(wildcards):
+    """What turns a run's lr into the learning rate it trains with: nothing but its lr
+    outside the lazy regime, so the lazy scaling retrains lazy runs only."""
+    if run_params(wildcards)["regime"] != "lazy":
+        return {}
     t = config["train"]
     settings = {
         "lazy_lr_scale": t["lazy_lr_scale"],
@@ -128,7 +133,7 @@ def phase1_settings(wildcards):
     t = config["train"]
     return {
         "momentum": t["momentum"],
-        **lr_settings(),
+        **lr_settings(wildcards),
         "phase1": phase1_stop(wildcards),
         # the post-boundary grid is phase 2's: changing it must not retrain phase 1
         "snapshots": {k: t["snapshots"][k] for k in ("log_points", "dense_steps")},
@@ -143,7 +148,7 @@ def phase2_settings(wildcards):
     t = config["train"]
     return {
         "momentum": t["momentum"],
-        **lr_settings(),
+        **lr_settings(wildcards),
         "phase2": t["phase2"],
         "snapshots": t["snapshots"],
         "snapshot_every": snapshot_every(analyses_of(wildcards)),

@@ -52,7 +52,7 @@ rule sharpness:
     params:
         run=run_params,
         model=model_settings(),
-        train={**lr_settings(), "momentum": config["train"]["momentum"]},
+        train=lambda wc: {**lr_settings(wc), "momentum": config["train"]["momentum"]},
         sharpness=config["analysis"]["sharpness"],
         code=ntksmk.code_hash("ntkpipe.stages.analyses"),
     script:
@@ -78,7 +78,7 @@ rule train_kernel:
     params:
         run=run_params,
         model=model_settings(),
-        train=lr_settings(),
+        train=lr_settings,
         ntk={k: config["ntk"][k] for k in ("dtype", "max_memory_gb")},
         settings={"block_subset": config["analysis"]["train_kernel"]["block_subset"]},
         code=ntksmk.code_hash("ntkpipe.stages.analyses"),

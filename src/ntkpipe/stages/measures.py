@@ -38,6 +38,7 @@ def compute_metrics(ntk_path: str | Path, out: str | Path, *, metrics_cfg: dict[
     import xarray as xr
 
     from ntkpipe import metrics as m
+    from ntkpipe.continual import backward_transfer, forgetting
 
     ds = store.open_netcdf(ntk_path)
     centered, kernel = metrics_cfg["centered"], metrics_cfg["kernel"]
@@ -106,6 +107,13 @@ def compute_metrics(ntk_path: str | Path, out: str | Path, *, metrics_cfg: dict[
             "accuracy_matrix": (("trained_task", "task"), acc,
                                 {"long_name": "held-out accuracy on `task` after training "
                                               "on `trained_task` (forgetting matrix)"}),
+            "backward_transfer": ((), backward_transfer(acc), {
+                "long_name": "backward transfer BWT = mean over earlier tasks of the final minus "
+                             "the just-learned accuracy (Lopez-Paz & Ranzato 2017)",
+                "units": "1"}),
+            "forgetting": ((), forgetting(acc), {
+                "long_name": "average forgetting: mean over earlier tasks of the best minus the "
+                             "final accuracy (Chaudhry et al. 2018)", "units": "1"}),
             "boundary_step": ("boundary", np.array(boundaries, dtype=np.int64),
                               {"long_name": "first step of each later task"}),
             "diverged_step": ((), int(ds.attrs["diverged_step"]),

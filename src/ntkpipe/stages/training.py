@@ -94,7 +94,8 @@ def sharpness_monitor(data: dict[str, Any], split: Any, run: dict[str, Any],
 def run_lr(run: dict[str, Any], train_cfg: dict[str, Any]) -> float:
     """The learning rate a run trains with (the lazy regime's scaling applied)."""
     return effective_lr(run["lr"], run["regime"], run["width"],
-                        train_cfg.get("lazy_reference_width", 256), train_cfg["lazy_lr_scale"],
+                        train_cfg.get("lazy_reference_width", 256),
+                        train_cfg.get("lazy_lr_scale", 1.0),
                         train_cfg.get("lazy_width_exponent", 0.0))
 
 

@@ -158,6 +158,14 @@ def _worst_cell_row(name: str, what: str, ds: Any, runs: np.ndarray, values: np.
                low=interval[0], high=interval[1])
 
 
+def unconverged(ds: Any, runs: np.ndarray) -> np.ndarray:
+    """The runs among `runs` whose phase 1 ran out of steps before its stopping rule."""
+    if "task_converged" not in ds:
+        return np.array([], dtype=int)
+    converged = ds["task_converged"].isel(trained_task=0).values[runs]
+    return runs[converged == 0]
+
+
 def claim_edge_of_stability(ds: Any, t: dict[str, float]) -> list[Row]:
     """Claims of Jiang, Cohen & Li 2025 on the training subset's full NTK: final alignment and
     top-eigenvector alignment grow with η, and alignment jumps while the sharpness falls back;
@@ -179,10 +187,17 @@ def claim_edge_of_stability(ds: Any, t: dict[str, float]) -> list[Row]:
     rows = []
     finals = {"train_target_alignment": final(ds["train_target_alignment"]),
               "top": final(ds["train_alignment_spectrum"].sel(eigenvector=1))}
+    # "final" compares the η at the same loss: a run whose step budget ran out first is not
+    stopped = unconverged(ds, runs)
+    same_loss = np.setdiff1d(runs, stopped)
+    cut = (f"; {len(stopped)} runs that stopped at their step budget before the target loss "
+           "left out") if len(stopped) else ""
     for name, values, symbol in zip(EOS_CLAIMS, finals.values(),
                                     ("final A(Θ_train, y)", "final a₁ = (u₁ᵀy)²/‖y‖²")):
-        rows.append(trend_row(EOS, name, ds, runs, "lr", values, symbol, t["eta_rho"],
-                              "edge-of-stability runs"))
+        row = trend_row(EOS, name, ds, same_loss, "lr", values, symbol, t["eta_rho"],
+                        "edge-of-stability runs")
+        row.note += cut
+        rows.append(row)
     peak, hover, jump = (np.full(ds.sizes["run"], np.nan) for _ in range(3))
     for run in below:
         peak[run], hover[run] = traces[run]["peak"], traces[run]["hover"]

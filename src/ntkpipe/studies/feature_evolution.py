@@ -352,12 +352,12 @@ def _fe_alignment_rows(ds: Any, runs: np.ndarray, t: dict[str, float]) -> list[R
     flat = int(np.sum(~np.isfinite(share)))
     return [
         Row(FE, FE_CLAIMS[1], "min over non-linear runs of A_T − A_0 (training set)", smallest,
-            "> 0", check(smallest, 1e-12, ">="), f"{len(runs)} runs"),
+            "> 0", check(smallest, 1e-12, ">="), f"{len(runs)} runs", n=len(runs)),
         Row(FE, FE_CLAIMS[2], "max over non-linear runs of the share of the rise of A "
             "gained over the second half of the steps, (A_T − A_{T/2}) / (A_T − A_0)", latest,
             f"<= {t['saturation']}", check(latest, t["saturation"], "<="),
             f"{len(runs) - flat} rising runs" + (f"; {flat} without a rise left out"
-                                                 if flat else "")),
+                                                 if flat else ""), n=len(runs) - flat),
     ]
 
 
@@ -373,7 +373,8 @@ def _specialization_rows(ds: Any, t: dict[str, float]) -> list[Row]:
         rows.append(Row(FE, FE_CLAIMS[3], "min over non-linear runs of the final KSM mean "
                         "diagonal − mean off-diagonal", value, f">= {margin}",
                         check(value, margin, ">="), f"{len(nonlinear)} runs; per depth: "
-                        + per_value(ds, nonlinear, "depth", dominance, ".3g", np.nanmin)))
+                        + per_value(ds, nonlinear, "depth", dominance, ".3g", np.nanmin),
+                        n=len(nonlinear)))
     else:
         rows += untested(FE, [FE_CLAIMS[3]], "no non-linear runs with the KSM")
     if len(linear):
@@ -382,7 +383,7 @@ def _specialization_rows(ds: Any, t: dict[str, float]) -> list[Row]:
                         "− mean off-diagonal|", value, f"<= {margin}",
                         check(value, margin, "<="), f"{len(linear)} runs; per depth: "
                         + per_value(ds, linear, "depth", dominance, ".3g",
-                                     lambda v: v[np.argmax(np.abs(v))])))
+                                     lambda v: v[np.argmax(np.abs(v))]), n=len(linear)))
     else:
         rows += untested(FE, [FE_CLAIMS[4]], "no linear runs with the KSM")
     if len(nonlinear):
@@ -442,7 +443,8 @@ def claim_feature_evolution(ds: Any, t: dict[str, float]) -> list[Row]:
         rows.append(Row(FE, FE_CLAIMS[0], "max over non-linear runs of the final network loss "
                         "/ min(KGD loss, aKGD loss)", worst, "< 1", check(worst, 1 - 1e-12, "<="),
                         f"{len(nonlinear)} runs; largest per depth: "
-                        + per_value(ds, nonlinear, "depth", ratio, ".3g", np.nanmax)))
+                        + per_value(ds, nonlinear, "depth", ratio, ".3g", np.nanmax),
+                        n=len(nonlinear)))
     else:
         rows += untested(FE, [FE_CLAIMS[0]], "no non-linear runs with kernel gradient descent")
     rows += _fe_alignment_rows(ds, runs, t)

@@ -205,12 +205,18 @@ def boundary_measures(summary: Any, files: dict[str, dict[str, str]],
 
 
 def headline(one: Any) -> dict[str, Any]:
-    """A run's boundary measures on probe set 1, one value per boundary (`ntkpipe show`)."""
+    """A run's boundary measures on probe set 1, one value per boundary, and its backward
+    transfer and forgetting (`ntkpipe show`)."""
     if "boundary" not in one.dims or not one.sizes["boundary"] or "velocity_spike" not in one:
         return {}
-    return {name: [float(v) for v in one[name].sel(probe=1).values]
-            for name in ("velocity_spike", "velocity_excess", "norm_dip", "norm_recovered",
-                         "recovery_steps", "alignment_deflection")}
+    out: dict[str, Any] = {
+        name: [float(v) for v in one[name].sel(probe=1).values]
+        for name in ("velocity_spike", "velocity_excess", "norm_dip", "norm_recovered",
+                     "recovery_steps", "alignment_deflection")}
+    for name in ("backward_transfer", "forgetting"):  # the accuracy matrix, summarised
+        if name in one and np.isfinite(float(one[name])):
+            out[name] = float(one[name])
+    return out
 
 
 # ---- claims -----------------------------------------------------------------------------------
@@ -753,7 +759,12 @@ def accuracy_by_task(ds: Any, path: str | Path) -> None:
                 draw_series(ax, seed_series(one.sel(task=task), "test_accuracy"),
                             f"C{int(task) - 1}", f"task {task}", join)
             _window_axis(ax, dense)
-            ax.set_title(f"{regime}, width {width}", fontsize=9)
+            scores = ", ".join(
+                f"{label} {plots.mean_sd(np.atleast_1d(one[name].values))[0]:.2f}"
+                for name, label in (("backward_transfer", "BWT"), ("forgetting", "forgetting"))
+                if name in one and np.isfinite(one[name].values).any())
+            ax.set_title(f"{regime}, width {width}" + (f" ({scores}, mean over seeds)"
+                                                      if scores else ""), fontsize=9)
             ax.set_ylim(0, 1.02)
         row[0].set_ylabel("held-out accuracy")
         row[0].legend(fontsize=8)
