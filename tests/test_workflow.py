@@ -73,6 +73,17 @@ def test_the_same_config_written_otherwise_reruns_nothing(workflow):
     assert plan.get("train_phase1") == 1  # the one lazy phase-1 run of width 16
 
 
+def test_snapshots_can_be_dropped_once_their_kernels_exist(tmp_path):
+    small = {**TINY, "storage": {"keep_snapshots": False},
+             "sweeps": {"one": {"width": [16], "regime": ["feature"]}}}
+    done = snakemake(tmp_path, small)
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = tmp_path / "out/runs"
+    assert not list(runs.rglob("*_snapshots.pt"))  # removed after the last job using them
+    assert list(runs.rglob("phase1.pt")) and len(list(runs.rglob("ntk.nc"))) == 1
+    assert (tmp_path / "out/scorecard.csv").is_file()
+
+
 def test_summary_has_sweep_dimensions_and_named_metrics(workflow):
     ds = grid(open_results(workflow / "out"),  # dense over these keys
               ("regime", "shared_classes", "classes_per_task", "width"))

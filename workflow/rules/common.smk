@@ -95,6 +95,11 @@ def sharpness_watch(analyses):
     return {k: s[k] for k in ("every", "dense", "subset", "top", "tolerance")}
 
 
+def snapshot_file(path):
+    """A weight-snapshot output: kept, or temp() with `storage.keep_snapshots: false`."""
+    return path if config["storage"]["keep_snapshots"] else temp(path)
+
+
 def lr_settings(wildcards):
     """What turns a run's lr into the learning rate it trains with: nothing but its lr
     outside the lazy regime, so the lazy scaling retrains lazy runs only."""

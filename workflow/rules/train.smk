@@ -5,7 +5,7 @@ rule train_phase1:
         split=lambda wc: f"{R}/splits/{split_of(wc)}/task1.npz",
     output:
         checkpoint=f"{R}/runs/{{run}}/phase1.pt",
-        snapshots=f"{R}/runs/{{run}}/phase1_snapshots.pt",
+        snapshots=snapshot_file(f"{R}/runs/{{run}}/phase1_snapshots.pt"),
     log:
         f"{R}/logs/runs/{{run}}/phase1.log",
     benchmark:
@@ -30,7 +30,7 @@ rule train_phase2:
         checkpoint=f"{R}/runs/{{run}}/phase1.pt",
     output:
         checkpoint=f"{R}/runs/{{run}}/{{shift}}/phase2.pt",
-        snapshots=f"{R}/runs/{{run}}/{{shift}}/phase2_snapshots.pt",
+        snapshots=snapshot_file(f"{R}/runs/{{run}}/{{shift}}/phase2_snapshots.pt"),
     log:
         f"{R}/logs/runs/{{run}}/{{shift}}/phase2.log",
     benchmark:
