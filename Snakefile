@@ -24,4 +24,4 @@ rule all:
     input:
         summary=SUMMARY,
         figures=FIGURES,
-        scorecard=f"{R}/scorecard.csv",
+        scorecard=f"{OUT}/scorecard.csv",

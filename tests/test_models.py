@@ -26,8 +26,8 @@ def _gained_layers(model: nn.Module) -> list[nn.Module]:
 def test_dense_ntk_gains_and_forward_formula():
     torch.manual_seed(0)
     layer = Dense(16, 4, parametrization="ntk", weight_std=2.0, bias_std=0.3)
-    assert layer.weight_gain == 0.5  # 2 / √16
-    assert layer.bias_gain == 0.3
+    assert layer.weight_gain == pytest.approx(0.5)  # 2 / √16
+    assert layer.bias_gain == pytest.approx(0.3)
     x = torch.randn(5, 16)
     w = layer.weight.detach().double().numpy()
     b = layer.bias.detach().double().numpy()
@@ -84,14 +84,14 @@ def test_bad_parametrization():
 def test_conv_ntk_gain_uses_full_fan_in():
     layer = Conv2d(3, 4, 3, parametrization="ntk", weight_std=math.sqrt(2.0), bias_std=0.2)
     assert layer.weight_gain == pytest.approx(math.sqrt(2.0) / math.sqrt(27))
-    assert layer.bias_gain == 0.2
+    assert layer.bias_gain == pytest.approx(0.2)
 
 
 def test_conv_ntk_forward_hand_case():
     """1 channel, 2×2 kernel, stride 2, padding 1 on a 3×3 input, computed by explicit loops."""
     layer = Conv2d(1, 1, 2, stride=2, padding=1, parametrization="ntk", weight_std=2.0,
                    bias_std=0.5)
-    assert layer.weight_gain == 1.0  # 2 / √4 — the forward must still be exact
+    assert layer.weight_gain == pytest.approx(1.0)  # 2 / √4 — the forward must still be exact
     with torch.no_grad():
         layer.weight.copy_(torch.tensor([[[[1.0, 2.0], [3.0, 4.0]]]]))
         layer.bias.fill_(10.0)
@@ -289,7 +289,7 @@ def test_vit_structure_tokens_and_gains():
     assert isinstance(model.block0.mlp[1], nn.GELU)
     assert model.patch.weight_gain == pytest.approx(1 / math.sqrt(3 * 16))
     assert model.block0.attention.qkv.weight_gain == pytest.approx(1 / math.sqrt(8))
-    assert model.position.weight_gain == 0.1  # NTK: N(0, 1) times σ_b
+    assert model.position.weight_gain == pytest.approx(0.1)  # NTK: N(0, 1) times σ_b
     standard = _vit(regime="feature")
     assert standard.position.weight_gain == 1.0
     assert standard.position.weight.std().item() < 0.05  # N(0, 0.02²)

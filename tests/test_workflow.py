@@ -55,6 +55,29 @@ def workflow(tmp_path_factory):
     return workdir
 
 
+def test_the_summary_names_each_runs_sweeps_and_carries_its_config(workflow):
+    ds = xr.open_dataset(workflow / "out/summary/metrics.nc")
+    found = {(str(r), int(k)): str(w) for r, k, w in
+             zip(ds["regime"].values, ds["shared_classes"].values, ds["sweep"].values)}
+    # lazy, no shared class: in both sweeps; the matched control and the feature run in one
+    assert found == {("lazy", 0): "similarity,width", ("lazy", 5): "similarity",
+                     ("feature", 0): "width"}
+    config = json.loads(ds.attrs["workflow_config_json"])
+    assert config["sweeps"]["width"]["width"] == [16] and config["results"] == "out"
+
+
+def test_lint_is_clean_but_for_the_justified_pythonpath(tmp_path):
+    """Every rule that runs Python has the conda env; the one lint left is the PYTHONPATH the
+    workflow sets itself (commented in common.smk)."""
+    out = subprocess.run([str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "--directory",
+                          str(REPO), "--lint"], capture_output=True, text=True, timeout=300)
+    lints = [line.strip() for line in (out.stdout + out.stderr).splitlines()
+             if line.strip().startswith("* ")]
+    assert len(lints) == 1 and "PYTHONPATH" in lints[0], lints
+    env = yaml.safe_load((REPO / "envs/ntkpipe.yaml").read_text())
+    assert "snakemake-minimal>=9,<10" in env["dependencies"]  # `script:` needs it in the env
+
+
 def _reversed(mapping: dict) -> dict:
     return {k: _reversed(v) if isinstance(v, dict) else v for k, v in reversed(mapping.items())}
 
@@ -71,6 +94,26 @@ def test_the_same_config_written_otherwise_reruns_nothing(workflow):
     changed = {**same, "train": {**same["train"], "lazy_lr_scale": 5}}
     plan = jobs(snakemake(workflow, changed, "--dry-run", sort_keys=False).stdout)
     assert plan.get("train_phase1") == 1  # the one lazy phase-1 run of width 16
+
+
+def test_a_selection_writes_beside_the_full_run_not_over_it(workflow):
+    """experiments=[similarity]: its summary, scorecard and figures go under
+    out/selections/similarity/; the full run's stay as they were; no run retrains."""
+    full = {p: p.read_bytes() for p in [workflow / "out/scorecard.csv",
+                                        workflow / "out/summary/metrics.nc"]}
+    selection = {**TINY, "experiments": ["similarity"]}
+    done = snakemake(workflow, selection)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "train_phase1" not in done.stderr  # its runs are the full run's: nothing retrains
+    chosen = workflow / "out/selections/similarity"
+    assert (chosen / "scorecard.csv").is_file() and (chosen / "summary/metrics.nc").is_file()
+    assert xr.open_dataset(chosen / "summary/metrics.nc").sizes["run"] == 2
+    assert all(p.read_bytes() == data for p, data in full.items())
+    cli = Path(sys.executable).parent / "ntkpipe"
+    (workflow / "sel.yaml").write_text(yaml.safe_dump(selection))
+    card = subprocess.run([str(cli), "scorecard", "--config", "sel.yaml", "--json"],
+                          cwd=workflow, capture_output=True, text=True, timeout=120)
+    assert card.returncode == 0 and json.loads(card.stdout), card.stderr
 
 
 def test_snapshots_can_be_dropped_once_their_kernels_exist(tmp_path):
@@ -216,6 +259,14 @@ def test_cli_reports_runs_and_summary(workflow):
                            "--config", "config.yaml"], cwd=workflow, capture_output=True,
                           text=True, timeout=120)
     assert show.returncode == 0 and "boundary 1" in show.stdout, show.stderr
+    # the same run by its short id, and by the sweep values that single it out
+    by_id, by_values = (subprocess.run([str(cli), "show", *words, "--config", "config.yaml",
+                                        "--json"], cwd=workflow, capture_output=True, text=True,
+                                       timeout=120)
+                        for words in ([rows[0]["id"]], [f"{k}={rows[0][k]}" for k in
+                                                        ("regime", "shared_classes")]))
+    assert by_id.returncode == 0 and by_values.returncode == 0, by_values.stderr
+    assert json.loads(by_id.stdout) == json.loads(by_values.stdout)  # strict JSON both
 
 
 def test_cli_stale_status_follows_snakemake(workflow):

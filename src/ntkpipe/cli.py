@@ -27,8 +27,25 @@ def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
     return "\n".join(lines)
 
 
+def jsonable(value: Any) -> Any:
+    """`value` as strict JSON can hold it: NaN and ±inf as null, numpy scalars as numbers."""
+    if isinstance(value, dict):
+        return {str(k): jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
+def _json(value: Any) -> str:
+    return json.dumps(jsonable(value), indent=1, default=str, allow_nan=False)
+
+
 def _emit(rows: list[dict[str, Any]], columns: list[str], as_json: bool) -> None:
-    print(json.dumps(rows, indent=1, default=str) if as_json else _table(rows, columns))
+    print(_json(rows) if as_json else _table(rows, columns))
 
 
 def snakemake_plan(config_path: str, snakefile: Path) -> dict[str, str] | None:
@@ -85,13 +102,17 @@ def cmd_runs(args: argparse.Namespace) -> int:
     varying = [k for k in sweep.SWEEP_KEYS if len({p[k] for p in points}) > 1]
     snakefile = Path(args.snakefile)
     plan = snakemake_plan(args.config, snakefile) if snakefile.is_file() else None
+    try:
+        points = sweep.select(points, args.select)
+    except ValueError as err:
+        raise SystemExit(f"ntkpipe: {err}") from None
     rows = []
     for point in points:
         info = run_status(results, sweep.run_id(point), sweep.shift_id(point), plan)
-        rows.append({**{k: point[k] for k in varying}, **info})
+        rows.append({"id": sweep.short_id(point), **{k: point[k] for k in varying}, **info})
     if args.status:
         rows = [r for r in rows if r["status"] == args.status]
-    columns = varying + ["status", "final_accuracy"]
+    columns = ["id"] + varying + ["status", "final_accuracy"]
     _emit(rows, columns, args.json)
     if not args.json:
         counts = {s: sum(r["status"] == s for r in rows) for s in STATUSES}
@@ -99,21 +120,40 @@ def cmd_runs(args: argparse.Namespace) -> int:
     return 0
 
 
-def _find_run(results: Path, text: str) -> Path:
+def _find_run(results: Path, words: list[str], cfg: dict[str, Any]) -> Path:
+    """metrics.nc of the run named by a short id, `key=value` selections, a run/shift path or
+    a metrics.nc file."""
+    points = sweep.all_points(cfg)
+    if any("=" in w for w in words):
+        try:
+            hits = sweep.select(points, words)
+        except ValueError as err:
+            raise SystemExit(f"ntkpipe: {err}") from None
+        if len(hits) != 1:
+            ids = ", ".join(sweep.short_id(p) for p in hits[:10])
+            raise SystemExit(f"ntkpipe: {' '.join(words)} matches {len(hits)} runs"
+                             + (f" ({ids}{', …' if len(hits) > 10 else ''}): add keys or give "
+                                "an id" if hits else "; `ntkpipe runs` lists them"))
+        return _find_run(results, [f"{sweep.run_id(hits[0])}/{sweep.shift_id(hits[0])}"], cfg)
+    text = " ".join(words)
+    by_id = [p for p in points if sweep.short_id(p) == text]
+    if by_id:
+        text = f"{sweep.run_id(by_id[0])}/{sweep.shift_id(by_id[0])}"
     path = Path(text)
     candidates = [path, results / "runs" / text, path / "metrics.nc", results / "runs" / text / "metrics.nc"]
     for candidate in candidates:
         if candidate.is_file() and candidate.name == "metrics.nc":
             return candidate
-    raise SystemExit(f"ntkpipe: no metrics.nc for run {text!r} (give the run/shift path "
-                     f"under {results}/runs or the metrics.nc file)")
+    raise SystemExit(f"ntkpipe: no metrics.nc for run {text!r} (give its id from `ntkpipe "
+                     f"runs`, key=value selections, the run/shift path under {results}/runs or "
+                     "the metrics.nc file)")
 
 
 def cmd_show(args: argparse.Namespace) -> int:
     from ntkpipe import store
 
     cfg = ntkconfig.load(args.config)
-    ds = store.open_netcdf(_find_run(Path(cfg["results"]), args.run))
+    ds = store.open_netcdf(_find_run(Path(cfg["results"]), args.run, cfg))
     steps = ds["step"].values
     boundaries = [int(b) for b in ds["boundary_step"].values]
     picks = {"start": int(steps[0]), **{f"boundary {i + 1}": b for i, b in enumerate(boundaries)},
@@ -125,7 +165,7 @@ def cmd_show(args: argparse.Namespace) -> int:
             row[name] = round(float(ds[name].sel(probe=ds["probe"].values[0], step=step)), 6)
         row["test_accuracy"] = [round(float(a), 4) for a in ds["test_accuracy"].sel(step=step).values]
         rows.append(row)
-    studies = study_measures(Path(cfg["results"]), ds, cfg)
+    studies = study_measures(Path(sweep.output_root(cfg)), ds, cfg)
     if args.json:
         _emit([{**row, **studies} if i == len(rows) - 1 else row for i, row in enumerate(rows)],
               list(rows[0]), True)
@@ -163,7 +203,9 @@ def cmd_summary(args: argparse.Namespace) -> int:
     from ntkpipe import store
 
     cfg = ntkconfig.load(args.config)
-    path = Path(cfg["results"]) / "summary" / "metrics.nc"
+    path = Path(sweep.output_root(cfg)) / "summary" / "metrics.nc"
+    if not path.is_file():
+        raise SystemExit(f"ntkpipe: {path} does not exist yet; run the workflow first")
     ds = store.open_netcdf(path)
     taken = {k: sorted({v.item() for v in ds[k].values}) for k in sweep.SWEEP_KEYS}
     info = {"path": str(path), "runs": int(ds.sizes["run"]),
@@ -171,7 +213,7 @@ def cmd_summary(args: argparse.Namespace) -> int:
             "sweep": {k: values for k, values in taken.items() if len(values) > 1},
             "variables": {n: [d for d in ds[n].dims if d != "run"] for n in ds.data_vars}}
     if args.json:
-        print(json.dumps(info, indent=1))
+        print(_json(info))
     else:
         print(f"{info['path']}: {info['runs']} runs")
         print("sweep: " + "; ".join(f"{k} = {v}" for k, v in info["sweep"].items()))
@@ -183,7 +225,12 @@ def cmd_summary(args: argparse.Namespace) -> int:
 def cmd_validate(args: argparse.Namespace) -> int:
     cfg = ntkconfig.load(args.config)
     runs = list(sweep.iter_runs(cfg))
-    print(f"{args.config}: valid; {len(runs)} runs, {len({r for r, _ in runs})} phase-1 runs")
+    phase1 = len({r for r, _ in runs})
+    if args.json:
+        print(_json({"config": args.config, "valid": True, "runs": len(runs),
+                     "phase1_runs": phase1, "sweeps": sweep.active_sweeps(cfg)}))
+    else:
+        print(f"{args.config}: valid; {len(runs)} runs, {phase1} phase-1 runs")
     return 0
 
 
@@ -191,13 +238,48 @@ def cmd_scorecard(args: argparse.Namespace) -> int:
     import csv
 
     cfg = ntkconfig.load(args.config)
-    path = Path(cfg["results"]) / "scorecard.csv"
+    path = Path(sweep.output_root(cfg)) / "scorecard.csv"
     if not path.is_file():
         raise SystemExit(f"ntkpipe: {path} does not exist yet; run the workflow first")
     with open(path, newline="") as handle:
         rows = list(csv.DictReader(handle))
-    _emit(rows, ["study", "claim", "statistic", "value", "threshold", "holds"], args.json)
+    if args.json:
+        _emit(rows, [], True)
+        return 0
+    print(scorecard_text(rows, args.notes))
     return 0
+
+
+def _cut(text: str, width: int) -> str:
+    return text if len(text) <= width else text[:width - 1] + "…"
+
+
+def scorecard_text(rows: list[dict[str, str]], notes: bool = False, width: int = 100) -> str:
+    """The scorecard in `width` columns — verdict, study, claim, value with its interval — a
+    note under each row when asked, and a tally per study and verdict."""
+    lines = []
+    for r in rows:
+        value = r["value"] and f"{float(r['value']):.3g}"
+        if r.get("low") and r.get("high"):
+            value += f" [{float(r['low']):.3g}, {float(r['high']):.3g}]"
+        head = f"{r['holds']:<12.12} {r['study'][:12]:<12} "
+        tail = f" {value} {r['threshold']}".rstrip()
+        lines.append(head + _cut(r["claim"], max(width - len(head) - len(tail), 20)).ljust(
+            max(width - len(head) - len(tail), 20)) + tail)
+        if notes and r.get("note"):
+            lines += [f"{'':13}{_cut(r['note'], width - 13)}"]
+    tally: dict[str, dict[str, int]] = {}
+    for r in rows:
+        tally.setdefault(r["study"], {}).setdefault(r["holds"], 0)
+        tally[r["study"]][r["holds"]] += 1
+    lines.append("")
+    for study, counts in tally.items():
+        lines.append(f"{study}: {sum(counts.values())} claims — " + ", ".join(
+            f"{n} {v}" for v, n in sorted(counts.items())))
+    total = {v: sum(c.get(v, 0) for c in tally.values()) for v in
+             sorted({v for c in tally.values() for v in c})}
+    lines.append(f"all: {len(rows)} claims — " + ", ".join(f"{n} {v}" for v, n in total.items()))
+    return "\n".join(lines)
 
 
 def parser() -> argparse.ArgumentParser:
@@ -213,15 +295,20 @@ def parser() -> argparse.ArgumentParser:
         return p
 
     runs = add("runs", cmd_runs, "table of every run: parameters, status, final accuracies")
+    runs.add_argument("select", nargs="*", metavar="key=value",
+                      help="only runs with these sweep values (e.g. regime=lazy width=128)")
     runs.add_argument("--status", choices=STATUSES, help="only runs with this status")
     runs.add_argument("--snakefile", default="Snakefile",
                       help="workflow whose plan decides 'stale' (default ./Snakefile; without "
                            "one, a run is stale when an input is newer than its metrics)")
     show = add("show", cmd_show, "one run's metrics at the start, each boundary and the end")
-    show.add_argument("run", help="run/shift path under results/runs, or a metrics.nc file")
+    show.add_argument("run", nargs="+",
+                      help="the run: its id (`ntkpipe runs`), key=value selections naming one "
+                           "run, its run/shift path under results/runs, or a metrics.nc file")
     add("summary", cmd_summary, "dimensions and variables of results/summary/metrics.nc")
     add("validate", cmd_validate, "check a config and count its runs")
-    add("scorecard", cmd_scorecard, "the published claims checked on the results")
+    card = add("scorecard", cmd_scorecard, "the published claims checked on the results")
+    card.add_argument("--notes", action="store_true", help="print each row's note under it")
     return top
 
 
@@ -231,6 +318,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ntkconfig.ConfigError as err:
+        if getattr(args, "json", False):
+            print(_json({"config": args.config, "valid": False, "error": str(err)}))
         print(f"ntkpipe: invalid config: {err}", file=sys.stderr)
         return 2
 

@@ -250,12 +250,22 @@ def open_results(results: str | Path = "results") -> Any:
 
 
 def collect(metric_paths: list[str | Path], out: str | Path, *,
-            provenance: dict[str, str]) -> None:
-    """Read every run's metrics.nc and write the combined summary."""
+            provenance: dict[str, str], sweeps: dict[str, str] | None = None,
+            config: dict[str, Any] | None = None) -> None:
+    """Read every run's metrics.nc and write the combined summary (with a `sweep` coordinate
+    from `sweeps`, 'run id/shift id' → comma-separated sweep names, and the workflow's whole
+    validated config as the attribute `workflow_config_json`, where given)."""
     datasets = [store.open_netcdf(p) for p in metric_paths]
     if not datasets:
         raise ValueError("no metrics files to collect")
     summary = combine(datasets, provenance=provenance)
+    if sweeps is not None:
+        keys = [f"{r}/{s}" for r, s in zip(summary["run_id"].values, summary["shift_id"].values)]
+        summary = summary.assign_coords(sweep=("run", np.array([sweeps.get(k, "") for k in keys],
+                                                               dtype=object)))
+        summary["sweep"].attrs["long_name"] = "the sweeps holding the run (comma-separated)"
+    if config is not None:
+        summary.attrs["workflow_config_json"] = json.dumps(config, sort_keys=True, default=str)
     encoding = {k: {"dtype": "str"} for k in summary.variables if summary[k].dtype == object}
     with store.atomic_path(out) as tmp:
         summary.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)

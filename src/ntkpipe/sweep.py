@@ -77,6 +77,17 @@ def sweep_points(config: dict[str, Any], name: str) -> list[dict[str, Any]]:
     return list(points.values())
 
 
+def output_root(config: dict[str, Any]) -> str:
+    """Where the summary, scorecard and figures of this invocation go: `results` for the full
+    config, `results/selections/<sweep+sweep>` when `experiments` picks some sweeps, so that a
+    selection never overwrites the full run's (the per-run files are shared: same run, same
+    files)."""
+    chosen = config.get("experiments")
+    if not chosen:
+        return config["results"]
+    return f"{config['results']}/selections/{'+'.join(sorted(chosen))}"
+
+
 def active_sweeps(config: dict[str, Any]) -> list[str]:
     """Names of the sweeps this invocation runs."""
     return list(config["experiments"] or config["sweeps"])
@@ -104,6 +115,27 @@ def run_id(point: dict[str, Any]) -> str:
 def shift_id(point: dict[str, Any]) -> str:
     """The id of a point's phase 2, below its run."""
     return make_id(point, SHIFT_KEYS)
+
+
+def short_id(point: dict[str, Any]) -> str:
+    """Eight hex digits naming a run and its shift: stable (a hash of their ids), short enough
+    to type (`ntkpipe show 3f2a9c01`)."""
+    import hashlib
+
+    return hashlib.sha1(f"{run_id(point)}/{shift_id(point)}".encode()).hexdigest()[:8]
+
+
+def select(points: list[dict[str, Any]], selections: list[str]) -> list[dict[str, Any]]:
+    """The points matching every `key=value` of `selections` (values as in a path id);
+    ValueError naming the key when one is not a sweep key or not `key=value`."""
+    wanted = {}
+    for text in selections:
+        key, sep, value = text.partition("=")
+        if not sep or key not in SWEEP_KEYS:
+            raise ValueError(f"{text!r} is not a selection: write key=value with key one of "
+                             f"{', '.join(SWEEP_KEYS)}")
+        wanted[key] = parse_value(key, value)
+    return [p for p in points if all(p[k] == v for k, v in wanted.items())]
 
 
 def split_id(point: dict[str, Any]) -> str:
@@ -145,6 +177,16 @@ def run_analyses(config: dict[str, Any]) -> dict[tuple[str, str], list[str]]:
         for point in sweep_points(config, name):
             out.setdefault((run_id(point), shift_id(point)), set()).update(wanted)
     return {key: sorted(value) for key, value in out.items()}
+
+
+def run_sweeps(config: dict[str, Any]) -> dict[str, str]:
+    """'run id/shift id' → the comma-separated names of the active sweeps holding that run (a
+    run may be in several)."""
+    out: dict[str, set[str]] = {}
+    for name in active_sweeps(config):
+        for point in sweep_points(config, name):
+            out.setdefault(f"{run_id(point)}/{shift_id(point)}", set()).add(name)
+    return {key: ",".join(sorted(names)) for key, names in sorted(out.items())}
 
 
 def effective_lr(lr: float, regime: str, width: int, reference_width: int = 256,

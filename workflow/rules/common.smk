@@ -1,5 +1,6 @@
 # Config validation, run table and path helpers. Only light imports here: every job (and every
 # SLURM job) re-parses the Snakefile.
+import os
 import sys
 
 import ntkpipe.config as ntkconfig
@@ -15,6 +16,14 @@ config.clear()  # update() alone would keep the keys in the order they were writ
 config.update(_valid)
 
 R = config["results"]
+# every job's environment under --software-deployment-method conda; the env holds the
+# dependencies and the jobs import ntkpipe from this checkout's src/ (where an install of it
+# exists, as in `make install`'s venv, it is this same src/)
+CONDA_ENV = os.path.join(workflow.basedir, "envs", "ntkpipe.yaml")
+# (`snakemake --lint` asks for an envvars directive here: that asserts variables the user must
+# set, while this one the workflow sets itself, so it stays a lint by design)
+_paths = [os.path.join(workflow.basedir, "src"), os.environ.get("PYTHONPATH", "")]
+os.environ["PYTHONPATH"] = os.pathsep.join(p for p in _paths if p)
 STUDIES = ntkstudies.load_all(config["studies"])
 STUDY = {study.name: study for study in STUDIES}
 STUDY_SPECS = {study.name: spec for study, spec in zip(STUDIES, config["studies"])}
@@ -34,12 +43,13 @@ PHASE1_ANALYSES = {}
 for (_run, _shift), _names in ANALYSES.items():
     PHASE1_ANALYSES.setdefault(_run, set()).update(_names)
 METRICS = [f"{R}/runs/{run}/{shift}/metrics.nc" for run, shift in RUNS]
-SUMMARY = f"{R}/summary/metrics.nc"
+OUT = ntksweep.output_root(config)  # summary, scorecard, figures (a selection: their own)
+SUMMARY = f"{OUT}/summary/metrics.nc"
 _TURNED_ON = {name for names in ANALYSES.values() for name in names}
 STUDY_FIGURES = {
     study.name: study.applicable(ntksweep.all_points(config), _TURNED_ON) for study in STUDIES
 }
-FIGURES = [f"{R}/figures/{name}.png" for names in STUDY_FIGURES.values() for name in names]
+FIGURES = [f"{OUT}/figures/{name}.png" for names in STUDY_FIGURES.values() for name in names]
 
 
 def run_params(wildcards):
@@ -189,7 +199,7 @@ def study_run_files(name):
     out = {}
     for kind, analysis in STUDY[name].run_files.items():
         out[kind] = [
-            [run, shift, f"{R}/runs/" + _RUN_FILES[kind].format(run=run, shift=shift)]
+            [run, shift, f"{R}/runs/{_RUN_FILES[kind].format(run=run, shift=shift)}"]
             for run, shift in RUNS
             if analysis is None or analysis in ANALYSES.get((run, shift), ())
         ]
@@ -207,7 +217,7 @@ def study_inputs(study):
     name = study if isinstance(study, str) else study.study
     inputs = {"summary": SUMMARY}
     if STUDY[name].measures is not None:
-        inputs["measures"] = f"{R}/summary/{name}.nc"
+        inputs["measures"] = f"{OUT}/summary/{name}.nc"
     return inputs
 
 
@@ -218,3 +228,16 @@ def study_code(name):
 
 def _study_module(spec):
     return f"ntkpipe.studies.{spec}" if spec in ntkstudies.BUILTIN else spec
+
+
+def snapshot_inputs(wildcards):
+    """Data, split and the snapshot files of a run (no phase 2 for a single task)."""
+    run = f"{R}/runs/{wildcards.run}"
+    inputs = {
+        "data": f"{R}/data/{run_params(wildcards)['dataset']}.npz",
+        "split": f"{R}/splits/{split_of(wildcards)}/{wildcards.shift}/tasks.npz",
+        "phase1": f"{run}/phase1_snapshots.pt",
+    }
+    if shift_params(wildcards)["n_tasks"] > 1:
+        inputs["phase2"] = f"{run}/{wildcards.shift}/phase2_snapshots.pt"
+    return inputs

@@ -4,6 +4,8 @@ rule prepare_data:
         f"{R}/data/{{dataset}}.npz",
     log:
         f"{R}/logs/prepare_data/{{dataset}}.log",
+    conda:
+        CONDA_ENV
     params:
         root=config["dataset"]["root"],
         download=config["dataset"]["download"],
@@ -21,6 +23,8 @@ rule split_task1:
         f"{R}/splits/{{split}}/task1.npz",
     log:
         f"{R}/logs/splits/{{split}}/task1.log",
+    conda:
+        CONDA_ENV
     params:
         split=lambda wc: {**split_settings(), **split_wildcards(wc)},
         code=ntksmk.code_hash("ntkpipe.stages.data"),
@@ -36,6 +40,8 @@ rule split_tasks:
         f"{R}/splits/{{split}}/{{shift}}/tasks.npz",
     log:
         f"{R}/logs/splits/{{split}}/{{shift}}/tasks.log",
+    conda:
+        CONDA_ENV
     params:
         split=lambda wc: {
             **split_settings(**{k: v for k, v in shift_params(wc).items() if k != "shift"}),

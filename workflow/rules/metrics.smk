@@ -6,6 +6,8 @@ rule metrics:
         f"{R}/runs/{{run}}/{{shift}}/metrics.nc",
     log:
         f"{R}/logs/runs/{{run}}/{{shift}}/metrics.log",
+    conda:
+        CONDA_ENV
     params:
         metrics={k: config["metrics"][k] for k in ("kernel", "centered", "spectrum_top")},
         code=ntksmk.code_hash("ntkpipe.stages.measures"),
@@ -20,9 +22,14 @@ rule collect:
     output:
         SUMMARY,
     log:
-        f"{R}/logs/collect.log",
+        f"{OUT}/logs/collect.log",
     localrule: True
+    conda:
+        CONDA_ENV
     params:
+        # each run's sweeps; the whole config reaches the summary's attributes through
+        # snakemake.config, not params, so a setting only some jobs use does not rerun it
+        sweeps=ntksweep.run_sweeps(config),
         code=ntksmk.code_hash("ntkpipe.summary"),
     script:
         "../scripts/collect.py"

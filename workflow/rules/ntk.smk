@@ -1,16 +1,3 @@
-def snapshot_inputs(wildcards):
-    """Data, split and the snapshot files of a run (no phase 2 for a single task)."""
-    run = f"{R}/runs/{wildcards.run}"
-    inputs = {
-        "data": f"{R}/data/{run_params(wildcards)['dataset']}.npz",
-        "split": f"{R}/splits/{split_of(wildcards)}/{wildcards.shift}/tasks.npz",
-        "phase1": f"{run}/phase1_snapshots.pt",
-    }
-    if shift_params(wildcards)["n_tasks"] > 1:
-        inputs["phase2"] = f"{run}/{wildcards.shift}/phase2_snapshots.pt"
-    return inputs
-
-
 rule extract_ntk:
     """Empirical NTK at every snapshot of both phases, on each probe set."""
     input:
@@ -21,6 +8,8 @@ rule extract_ntk:
         f"{R}/logs/runs/{{run}}/{{shift}}/extract_ntk.log",
     benchmark:
         f"{R}/benchmarks/runs/{{run}}/{{shift}}/extract_ntk.tsv"
+    conda:
+        CONDA_ENV
     # One thread: the default run's kernels are small, and jobs side by side use the cores
     # better; raise it for big probe sets with `--set-threads extract_ntk=8`.
     threads: 1
@@ -46,6 +35,8 @@ rule sharpness:
         f"{R}/logs/runs/{{run}}/{{shift}}/sharpness.log",
     benchmark:
         f"{R}/benchmarks/runs/{{run}}/{{shift}}/sharpness.tsv"
+    conda:
+        CONDA_ENV
     threads: 1
     resources:
         gpu=1,
@@ -72,6 +63,8 @@ rule train_kernel:
         f"{R}/logs/runs/{{run}}/train_kernel.log",
     benchmark:
         f"{R}/benchmarks/runs/{{run}}/train_kernel.tsv"
+    conda:
+        CONDA_ENV
     threads: 1
     resources:
         gpu=1,

@@ -7,10 +7,12 @@ rule study_measures:
     input:
         unpack(study_measure_inputs),
     output:
-        f"{R}/summary/{{study}}.nc",
+        f"{OUT}/summary/{{study}}.nc",
     log:
-        f"{R}/logs/studies/{{study}}/measures.log",
+        f"{OUT}/logs/studies/{{study}}/measures.log",
     localrule: True
+    conda:
+        CONDA_ENV
     params:
         study=lambda wc: STUDY_SPECS[wc.study],
         files=lambda wc: study_run_files(wc.study),
@@ -25,10 +27,12 @@ rule study_scorecard:
     input:
         unpack(study_inputs),
     output:
-        f"{R}/scorecard/{{study}}.csv",
+        f"{OUT}/scorecard/{{study}}.csv",
     log:
-        f"{R}/logs/studies/{{study}}/scorecard.log",
+        f"{OUT}/logs/studies/{{study}}/scorecard.log",
     localrule: True
+    conda:
+        CONDA_ENV
     params:
         study=lambda wc: STUDY_SPECS[wc.study],
         thresholds=lambda wc: {k: config["scorecard"][k] for k in STUDY[wc.study].thresholds},
@@ -40,12 +44,14 @@ rule study_scorecard:
 rule scorecard:
     """Every study's rows in one table."""
     input:
-        [f"{R}/scorecard/{study.name}.csv" for study in STUDIES],
+        [f"{OUT}/scorecard/{study.name}.csv" for study in STUDIES],
     output:
-        report(f"{R}/scorecard.csv", caption="../report/scorecard.rst", category="Scorecard"),
+        report(f"{OUT}/scorecard.csv", caption="../report/scorecard.rst", category="Scorecard"),
     log:
-        f"{R}/logs/scorecard.log",
+        f"{OUT}/logs/scorecard.log",
     localrule: True
+    conda:
+        CONDA_ENV
     params:
         code=ntksmk.code_hash("ntkpipe.scorecard"),
     script:
@@ -65,7 +71,7 @@ for _study in STUDIES:
         output:
             **{
                 name: report(
-                    f"{R}/figures/{name}.png",
+                    f"{OUT}/figures/{name}.png",
                     caption=_study.caption_path(_study.figure(name)),
                     category=_study.title,
                     subcategory=_study.figure(name).group,
@@ -73,8 +79,10 @@ for _study in STUDIES:
                 for name in STUDY_FIGURES[_study.name]
             },
         log:
-            f"{R}/logs/studies/{_study.name}/figures.log",
+            f"{OUT}/logs/studies/{_study.name}/figures.log",
         localrule: True
+        conda:
+            CONDA_ENV
         params:
             study=STUDY_SPECS[_study.name],
             code=study_code(_study.name),

@@ -10,6 +10,8 @@ rule train_phase1:
         f"{R}/logs/runs/{{run}}/phase1.log",
     benchmark:
         f"{R}/benchmarks/runs/{{run}}/phase1.tsv"
+    conda:
+        CONDA_ENV
     threads: 1
     resources:
         gpu=1,
@@ -35,6 +37,8 @@ rule train_phase2:
         f"{R}/logs/runs/{{run}}/{{shift}}/phase2.log",
     benchmark:
         f"{R}/benchmarks/runs/{{run}}/{{shift}}/phase2.tsv"
+    conda:
+        CONDA_ENV
     threads: 1
     resources:
         gpu=1,
