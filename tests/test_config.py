@@ -1,6 +1,7 @@
 """Config validation: defaults, and one clear message naming the key for each bad input."""
 
 import copy
+import json
 
 import pytest
 import yaml
@@ -91,6 +92,12 @@ BAD = [
     ({"sweeps": {"w": {"target": ["soft"]}}}, "'sweeps.w.target[0]' is 'soft'"),
     ({"sweeps": {"w": {"epochs": [0]}}}, "'sweeps.w.epochs[0]'"),
     ({"sweeps": {"w": {"regime": ["mean_field"]}}}, "'sweeps.w.regime[0]' is 'mean_field'"),
+    ({"dataset": {"train_per_task": 100000}},
+     "'dataset.train_per_task' is 100000 but in sweep 'w' a task of 5 classes of digits can "
+     "have as few as 593 training samples; lower it, or set dataset.with_replacement: true"),
+    ({"sweeps": {"w": {"lr": [float("nan")]}}}, "'sweeps.w.lr[0]' is nan; it must be a finite"),
+    ({"train": {"lr": float("inf")}}, "'train.lr' is inf; it must be a finite number"),
+    ({"sweeps": {"w": {"seed": [10 ** 20]}}}, "is greater than the maximum of 2147483647"),
     # the full training-subset kernel (5000 × 5000 float64, 3 copies) over the memory budget
     ({"analysis": {"sharpness": {"subset": 500}}, "ntk": {"max_memory_gb": 0.5},
       "sweeps": {"w": {"analyses": ["sharpness"]}}},
@@ -242,3 +249,24 @@ def test_run_analyses_are_the_union_of_the_sweeps_of_a_run():
              for (run, _), names in sweep.run_analyses(cfg).items()}
     assert found == {16: ["sharpness"], 32: ["sharpness", "train_kernel"], 64: []}
     assert len(sweep.all_points(cfg)) == 3  # `analyses` is not a run parameter
+
+
+def test_integral_floats_become_the_integers_the_schema_means_and_vice_versa():
+    """16.0 where an integer is meant is 16 before any path is built; 10 where a number is
+    meant is 10.0: the run ids and the rules' params are the same either way."""
+    a = config.validate({"probe": {"size": 20.0}, "train": {"lazy_lr_scale": 10},
+                         "sweeps": {"w": {"width": [16.0], "lr": [1]}}})
+    b = config.validate({"sweeps": {"w": {"lr": [1.0], "width": [16]}},
+                         "train": {"lazy_lr_scale": 10.0}, "probe": {"size": 20}})
+    assert a == b and json.dumps(a) == json.dumps(b)  # the same keys in the same order
+    assert isinstance(a["probe"]["size"], int) and isinstance(a["train"]["lazy_lr_scale"], float)
+    assert [sweep.run_id(p) for p in sweep.all_points(a)] == \
+        [sweep.run_id(p) for p in sweep.all_points(b)]
+
+
+def test_results_that_is_a_file_is_refused(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "taken").write_text("not a directory")
+    with pytest.raises(config.ConfigError, match="'results' is 'taken', which is an existing "
+                                                 "file, not a directory"):
+        config.validate({"results": "taken", "sweeps": {"w": {}}})

@@ -181,8 +181,12 @@ def test_largest_remainder_against_exact_fractions():
 
 def test_frequency_shift_draws_with_replacement_when_a_class_runs_short():
     labels = np.repeat(np.arange(3), 4)  # 4 samples per class
+    with pytest.raises(SplitError, match="train_per_task is 14 but task 1 has only 12"):
+        make_tasks(labels, labels, 3, classes_per_task=3, shared_classes=3, alpha=1.0,
+                   imbalance=4.0, train_per_task=14, probe_size=3, seed=0)
     split = make_tasks(labels, labels, 3, classes_per_task=3, shared_classes=3, alpha=1.0,
-                       imbalance=4.0, train_per_task=14, probe_size=3, seed=0)
+                       imbalance=4.0, train_per_task=14, probe_size=3, seed=0,
+                       with_replacement=True)
     assert split.with_replacement == [True, True]
     # task 1 (uniform, 14 → 5, 5, 4) and task 2 (8, 4, 2) both need more than 4 of a class
     assert _class_counts(labels, split.train[1], [0, 1, 2]) == [8, 4, 2]

@@ -198,6 +198,45 @@ def test_resume_after_a_crash_is_byte_identical(tmp_path):
     assert _bytes(opt) == _bytes(ref_opt)
 
 
+def test_a_resume_file_left_by_other_settings_is_discarded_not_resumed(tmp_path):
+    """Kill, change a setting (lr and momentum here), rerun: the same bytes as a clean run
+    with the new setting, never the old optimiser state."""
+    x1, y1 = blobs()
+
+    def tasks():
+        return [TaskSpec(1, x1, y1, max_epochs=6)]
+
+    old = Schedule(lr=0.2, batch_size=16, log_points=5, checkpoint_every=4, momentum=0.0)
+    new = Schedule(lr=0.1, batch_size=16, log_points=5, checkpoint_every=4, momentum=0.5)
+    resume = tmp_path / "state.resume"
+
+    def crash(line):
+        if line.startswith("task 1 epoch 4"):
+            raise Crash()
+
+    with pytest.raises(Crash):
+        train_tasks(model(), tasks(), old, resume_path=resume, resume_key="old", log=crash)
+    assert resume.is_file()
+    lines = []
+    net = model()
+    record, opt = train_tasks(net, tasks(), new, resume_path=resume, resume_key="new",
+                              log=lines.append)
+    assert lines[0].startswith("discarded") and not any("resumed" in l for l in lines)
+    clean_net = model()
+    clean, clean_opt = train_tasks(clean_net, tasks(), new)
+    assert _bytes(record.stacked()) == _bytes(clean.stacked())
+    assert _bytes(net.state_dict()) == _bytes(clean_net.state_dict())
+    assert _bytes(opt) == _bytes(clean_opt)
+
+
+def test_a_training_job_resume_key_follows_its_params_not_its_commit():
+    from ntkpipe.stages.training import resume_key
+
+    a = {"config_json": '{"lr": 0.1}', "wildcards_json": "{}", "git_commit": "abc"}
+    assert resume_key(a) == resume_key({**a, "git_commit": "def"})
+    assert resume_key(a) != resume_key({**a, "config_json": '{"lr": 0.2}'})
+
+
 def test_progress_bar_draws_only_on_a_terminal():
     from ntkpipe.progress import ProgressBar
 

@@ -116,6 +116,27 @@ def test_a_selection_writes_beside_the_full_run_not_over_it(workflow):
     assert card.returncode == 0 and json.loads(card.stdout), card.stderr
 
 
+def test_a_replaced_dataset_file_rebuilds_the_cache_and_an_untouched_one_nothing(tmp_path):
+    import os
+
+    from test_data import write_idx
+
+    rng = np.random.default_rng(0)
+    for prefix, n in (("train", 40), ("t10k", 20)):
+        write_idx(tmp_path / f"data/mnist/{prefix}-images-idx3-ubyte",
+                  rng.integers(0, 255, (n, 28, 28)))
+        write_idx(tmp_path / f"data/mnist/{prefix}-labels-idx1-ubyte", np.arange(n) % 10)
+    cfg = {**TINY, "dataset": {"name": "mnist", "root": "data/mnist", "classes_per_task": 5}}
+    target = "out/data/mnist.npz"
+    assert snakemake(tmp_path, cfg, target).returncode == 0
+    assert "Nothing to be done" in snakemake(tmp_path, cfg, target, "-n").stdout
+    labels = tmp_path / "data/mnist/train-labels-idx1-ubyte"
+    write_idx(labels, (np.arange(40) + 1) % 10)  # replaced in place, newer
+    os.utime(labels, (labels.stat().st_atime, labels.stat().st_mtime + 10))
+    plan = jobs(snakemake(tmp_path, cfg, target, "-n").stdout)
+    assert plan == {"prepare_data": 1}
+
+
 def test_snapshots_can_be_dropped_once_their_kernels_exist(tmp_path):
     small = {**TINY, "storage": {"keep_snapshots": False},
              "sweeps": {"one": {"width": [16], "regime": ["feature"]}}}

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import copy
 import json
+import math
 from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -75,6 +76,7 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise ConfigError(f"the config must be a mapping, got {type(config).__name__}")
     full = copy.deepcopy(config)
+    _check_finite(full)
     sch = schema()
     _fill_defaults(full, sch, sch)
     validator = jsonschema.Draft202012Validator(sch)
@@ -86,6 +88,19 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(_message(error))
     _check_semantics(full)
     return canonical(full, sch, sch)
+
+
+def _check_finite(node: Any, path: tuple = ()) -> None:
+    """No NaN or infinity anywhere: the schema's bounds do not catch them (NaN compares false
+    with every bound), and a run would diverge on them."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            _check_finite(value, path + (key,))
+    elif isinstance(node, list):
+        for i, value in enumerate(node):
+            _check_finite(value, path + (i,))
+    elif isinstance(node, float) and not math.isfinite(node):
+        raise ConfigError(f"'{_key(path)}' is {node}; it must be a finite number")
 
 
 def _resolve(node_schema: dict[str, Any], root: dict) -> dict[str, Any]:
@@ -122,6 +137,10 @@ def canonical(value: Any, node_schema: dict[str, Any] | None = None,
         types = _types(node_schema, root)
         if "number" in types and "integer" not in types:
             return float(value)
+    if isinstance(value, float) and value.is_integer() and root:
+        types = _types(node_schema, root)  # 16.0 where an integer is meant: 16, before any
+        if "integer" in types and "number" not in types:  # path or shape is built from it
+            return int(value)
     return value
 
 
@@ -154,6 +173,9 @@ def _check_semantics(config: dict[str, Any]) -> None:
     if ".." in results.parts or not results.parts:
         raise ConfigError(f"'results' is {config['results']!r}: it must name a directory "
                           "without '..' components")
+    if Path(config["results"]).exists() and not Path(config["results"]).is_dir():
+        raise ConfigError(f"'results' is {config['results']!r}, which is an existing file, not "
+                          "a directory; name another path or move the file")
     kernel, stored = config["metrics"]["kernel"], config["ntk"]["kernels"]
     if kernel != "trace" and kernel not in stored:  # the traced kernel is always stored
         raise ConfigError(f"'metrics.kernel' is {kernel!r} but 'ntk.kernels' ({', '.join(stored)}) "
@@ -197,6 +219,7 @@ def _check_sweep(name: str, config: dict[str, Any]) -> None:
         if "sharpness" in config["sweeps"][name].get("analyses", []) and total is not None:
             _check_full_kernel(config, total)
         _check_subsets(config, name, point)
+        _check_task_size(config, name, point)
         if point["target"] == "teacher" and point["arch"] != "mlp":
             raise ConfigError(f"'{key}.target' is teacher, which needs a flat input: a linear "
                               f"teacher y^c = s^cᵀx is defined on the vector an mlp reads, but "
@@ -221,6 +244,23 @@ def task1_train_size(config: dict[str, Any], point: dict[str, Any]) -> tuple[int
     size = sum(counts[:c]) if natural else sum(sorted(counts)[:c])
     cap = config["dataset"]["train_per_task"]
     return (min(size, cap) if cap else size), natural
+
+
+def _check_task_size(config: dict[str, Any], name: str, point: dict[str, Any]) -> None:
+    """`train_per_task` must fit in every task of a known dataset (or allow repeats)."""
+    counts = TRAIN_PER_CLASS.get(point["dataset"])
+    wanted = config["dataset"]["train_per_task"]
+    if counts is None or wanted is None or config["dataset"]["with_replacement"]:
+        return
+    c = point["classes_per_task"]
+    smallest = sum(sorted(counts)[:c])  # the smallest task c classes can make
+    if config["dataset"]["class_order"] == "natural" and point["n_tasks"] == 1:
+        smallest = sum(counts[:c])
+    if wanted > smallest:
+        raise ConfigError(
+            f"'dataset.train_per_task' is {wanted} but in sweep {name!r} a task of {c} classes "
+            f"of {point['dataset']} can have as few as {smallest} training samples; lower it, "
+            "or set dataset.with_replacement: true to draw repeats")
 
 
 def _check_subsets(config: dict[str, Any], name: str, point: dict[str, Any]) -> None:

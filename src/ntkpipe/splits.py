@@ -163,8 +163,10 @@ def make_tasks(train_labels: np.ndarray, test_labels: np.ndarray, num_classes: i
                classes_per_task: int, shared_classes: int = 0, alpha: float = 0.0,
                n_tasks: int = 2, seed: int = 0, order: str = "natural",
                train_per_task: int | None = None, probe_size: int = 256,
-               probe_tasks: tuple[int, ...] = (1, 2), imbalance: float = 8.0) -> TaskSplit:
-    """Build the whole task sequence of one run."""
+               probe_tasks: tuple[int, ...] = (1, 2), imbalance: float = 8.0,
+               with_replacement: bool = False) -> TaskSplit:
+    """Build the whole task sequence of one run (SplitError where `train_per_task` asks for
+    more samples than a task has, unless `with_replacement`)."""
     if not 0.0 <= alpha <= 1.0:
         raise SplitError(f"alpha must be in [0, 1], got {alpha}")
     if any(t < 1 for t in probe_tasks):
@@ -175,6 +177,11 @@ def make_tasks(train_labels: np.ndarray, test_labels: np.ndarray, num_classes: i
     proportions, train, replaced = [], [], []
     for t, cls in enumerate(classes, start=1):
         p = task_proportions(len(cls), 0.0 if t == 1 else alpha, imbalance)
+        available = int(np.isin(train_labels, cls).sum())
+        if train_per_task is not None and train_per_task > available and not with_replacement:
+            raise SplitError(f"dataset.train_per_task is {train_per_task} but task {t} has only "
+                             f"{available} training samples; lower it, or set "
+                             "dataset.with_replacement: true to draw repeats")
         idx, rep = sample_task(train_labels, cls, p, train_per_task, _rng(seed, _TRAIN, t))
         proportions.append(p)
         train.append(idx)

@@ -328,7 +328,7 @@ def _watch(monitor: Monitor | None, record: Record, plan: TaskSnapshots, task_st
 
 def train_tasks(model: nn.Module, tasks: list[TaskSpec], schedule: Schedule, *,
                 start_step: int = 0, optimizer_state: dict | None = None,
-                resume_path: str | Path | None = None,
+                resume_path: str | Path | None = None, resume_key: str = "",
                 log: Callable[[str], None] = lambda line: None) -> tuple[Record, dict]:
     """Train on each task in turn; returns the record and the optimiser's final state.
 
@@ -336,7 +336,8 @@ def train_tasks(model: nn.Module, tasks: list[TaskSpec], schedule: Schedule, *,
     `dense_steps` + 1 steps, the first `dense_steps` of a later task, every `snapshot_every`-th
     step; task t > 1 does not repeat step 0 (the previous task's last snapshot). With
     `resume_path`, the state is saved there every `checkpoint_every` steps (at an epoch end)
-    and picked up on a rerun.
+    and picked up on a rerun — only by a run with the same `resume_key` (a digest of every
+    setting the run depends on): one left by other settings is discarded, never resumed.
     """
     optimizer = make_optimizer(model, schedule)
     if optimizer_state is not None:
@@ -344,8 +345,15 @@ def train_tasks(model: nn.Module, tasks: list[TaskSpec], schedule: Schedule, *,
         for group in optimizer.param_groups:
             group["lr"] = schedule.lr
     record = Record(step=start_step)
+    saved = None
     if resume_path is not None and Path(resume_path).is_file():
         saved = store.load_torch(resume_path)
+        if saved.get("key", "") != resume_key:
+            log(f"discarded {resume_path}: it was left by a run with other settings; "
+                "starting over")
+            Path(resume_path).unlink()
+            saved = None
+    if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
         record = Record(**saved["record"])
@@ -411,7 +419,7 @@ def train_tasks(model: nn.Module, tasks: list[TaskSpec], schedule: Schedule, *,
                 record.pending = plan.state()
                 store.save_torch({"model": model.state_dict(),
                                   "optimizer": optimizer.state_dict(),
-                                  "record": dataclasses.asdict(record)},
+                                  "record": dataclasses.asdict(record), "key": resume_key},
                                  resume_path)
                 record.pending = None
                 last_checkpoint = record.step

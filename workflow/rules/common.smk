@@ -78,6 +78,7 @@ def split_settings(n_tasks=1, shared_classes=0, alpha=0.0):
     return {
         "order": config["dataset"]["class_order"],
         "train_per_task": config["dataset"]["train_per_task"],
+        "with_replacement": config["dataset"]["with_replacement"],
         "probe_size": config["probe"]["size"],
         "probe_tasks": [t for t in config["probe"]["tasks"] if t <= n_tasks] or [1],
         "imbalance": config["frequency"]["imbalance"],
@@ -241,3 +242,21 @@ def snapshot_inputs(wildcards):
     if shift_params(wildcards)["n_tasks"] > 1:
         inputs["phase2"] = f"{run}/{wildcards.shift}/phase2_snapshots.pt"
     return inputs
+
+
+def dataset_files(wildcards):
+    """The on-disk files a dataset cache is decoded from, as inputs: replacing one rebuilds
+    the cache and everything after it. ImageFolder trees give their class folders (a file
+    added, removed or renamed changes its folder) rather than every image; digits is embedded;
+    a dataset still to be downloaded has none yet."""
+    from pathlib import Path
+
+    root = config["dataset"]["root"]
+    if wildcards.dataset == "digits" or not root or config["dataset"]["download"]:
+        return []
+    root = Path(root)
+    if not root.is_dir():
+        return []  # the job names what is missing and how to get it
+    if wildcards.dataset == "imagefolder":
+        return sorted(str(p) for p in root.rglob("*") if p.is_dir())
+    return sorted(str(p) for p in root.rglob("*") if p.is_file())

@@ -1,5 +1,7 @@
 rule prepare_data:
     """Decode and normalise a dataset once; every run reads this cache."""
+    input:
+        dataset_files,
     output:
         f"{R}/data/{{dataset}}.npz",
     log:

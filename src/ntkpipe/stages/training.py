@@ -42,6 +42,15 @@ def fit_targets(data: dict[str, Any], run: dict[str, Any],
     return torch.from_numpy(teacher).to(x.device, x.dtype)
 
 
+def resume_key(provenance: dict[str, str]) -> str:
+    """A digest of everything a training job depends on (its params, code hash included, and
+    wildcards): a resume file left by other settings must not be resumed."""
+    import hashlib
+
+    text = provenance.get("config_json", "") + "\0" + provenance.get("wildcards_json", "")
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
 def _schedule(run: dict[str, Any], train_cfg: dict[str, Any],
               monitor: "Monitor | None" = None) -> "Schedule":
     from ntkpipe.train import Schedule
@@ -154,7 +163,8 @@ def train_phase1(data_path: str | Path, split_path: str | Path, checkpoint_out: 
     monitor = None if not watch else sharpness_monitor(
         data, split, run, watch, run_lr(run, train_cfg), train_cfg["momentum"], device)
     record, opt_state = train_tasks(model, [task], _schedule(run, train_cfg, monitor),
-                                    resume_path=resume, log=log)
+                                    resume_path=resume, resume_key=resume_key(provenance),
+                                    log=log)
     meta = {"run_json": json.dumps(run, sort_keys=True), "provenance": provenance}
     _save_phase(record, model, opt_state, checkpoint_out, snapshots_out, meta)
     resume.unlink(missing_ok=True)
@@ -196,7 +206,8 @@ def train_phase2(data_path: str | Path, split_path: str | Path, checkpoint_in: s
         record, opt_state = train_tasks(model, tasks, _schedule(run, train_cfg),
                                         start_step=start["step"],
                                         optimizer_state=start["optimizer"],
-                                        resume_path=resume, log=log)
+                                        resume_path=resume,
+                                        resume_key=resume_key(provenance), log=log)
     _save_phase(record, model, opt_state, checkpoint_out, snapshots_out, meta)
     resume.unlink(missing_ok=True)
     return record
