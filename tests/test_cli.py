@@ -53,6 +53,8 @@ def test_runs_before_a_run_lists_every_run_as_missing(config, capsys):
     assert cli.main(["runs", "--config", config, "--json", "--snakefile", "none"]) == 0
     rows = json.loads(capsys.readouterr().out)
     assert [r["status"] for r in rows] == ["missing", "missing"]
+    # a run's ids do not shadow its sweep values (the `shift` column is the kind of shift)
+    assert all(r["shift_id"].startswith("shift~") and "run_id" in r for r in rows)
     assert sorted(r["width"] for r in rows) == [16, 32]
 
 

@@ -276,7 +276,7 @@ def test_cli_reports_runs_and_summary(workflow):
     summary = subprocess.run([str(cli), "summary", "--config", "config.yaml"], cwd=workflow,
                              capture_output=True, text=True, timeout=120)
     assert summary.returncode == 0 and "kernel_velocity" in summary.stdout
-    show = subprocess.run([str(cli), "show", rows[0]["run"] + "/" + rows[0]["shift"],
+    show = subprocess.run([str(cli), "show", rows[0]["run_id"] + "/" + rows[0]["shift_id"],
                            "--config", "config.yaml"], cwd=workflow, capture_output=True,
                           text=True, timeout=120)
     assert show.returncode == 0 and "boundary 1" in show.stdout, show.stderr

@@ -71,7 +71,7 @@ def run_status(results: Path, run: str, shift: str,
     base = results / "runs" / run
     metrics_path = base / shift / "metrics.nc"
     upstream = [base / "phase1.pt", base / shift / "phase2.pt", base / shift / "ntk.nc"]
-    info: dict[str, Any] = {"run": run, "shift": shift}
+    info: dict[str, Any] = {"run_id": run, "shift_id": shift}
     if not metrics_path.is_file():
         info["status"] = "missing"
         return info
