@@ -33,7 +33,7 @@ TRAIN = defaults("train", phase1={"target_accuracy": 0.99, "target_loss": {"mse"
                  snapshots={"log_points": 3}, snapshot_every=5, checkpoint_every=0,
                  sharpness=SHARPNESS)
 NTK = {"kernels": ["trace", "per_output", "per_layer"], "dtype": "float64", "max_memory_gb": 1}
-METRICS = defaults("metrics", spectrum_top=5)
+METRICS = {**defaults("metrics", spectrum_top=5), "status": defaults("status")}
 
 
 @pytest.fixture(scope="module")

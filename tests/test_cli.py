@@ -29,7 +29,7 @@ def test_validate_json_is_json(config, capsys):
     assert cli.main(["validate", "--config", config, "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out == {"config": config, "valid": True, "runs": 2, "phase1_runs": 2,
-                   "sweeps": ["w"]}
+                   "sweeps": ["w"], "custom": []}  # the custom models and datasets checked
 
 
 def test_validate_json_of_a_bad_config_is_json_too(config, tmp_path, capsys):

@@ -62,7 +62,7 @@ BAD = [
     ({"sweeps": {"w": {"batch_size": ["all"]}}}, "'sweeps.w.batch_size[0]' is 'all'; allowed: a positive integer"),
     ({"sweeps": {"w": {"arch": ["cnn-relu"]}}}, "cnn-relu"),
     ({"sweeps": {"w": {"widht": [1]}}}, "unknown key 'widht' under 'sweeps.w'"),
-    ({"dataset": {"name": "imagenet"}}, "'dataset.name' is 'imagenet'; allowed: digits"),
+    ({"dataset": {"name": "imagenet"}}, "'dataset.name' is 'imagenet', which is neither built-in (digits, mnist"),
     ({"dataset": {"classes_per_task": 0}}, "'dataset.classes_per_task'"),
     ({"probe": {"size": 0}}, "'probe.size'"),
     ({"ntk": {"kernels": ["diagonal"]}}, "'ntk.kernels[0]'"),

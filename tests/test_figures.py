@@ -209,8 +209,8 @@ def test_every_figure_draws(summary, tmp_path, name):
 def test_divergence_is_marked(summary):
     ds, _ = summary
     sub = grid(ds, ("regime", "width", "seed"), shift="conceptual", shared_classes=0, n_tasks=2)
-    assert figures.diverged_note(sub.sel(regime="lazy", width=256)) == " (1 diverged)"
-    assert figures.diverged_note(sub.sel(regime="lazy", width=64)) == ""
+    assert figures.status_note(sub.sel(regime="lazy", width=256)) == " (1 diverged)"
+    assert figures.status_note(sub.sel(regime="lazy", width=64)) == ""
 
 
 def test_relative_curves_align_runs_on_the_boundary(summary):

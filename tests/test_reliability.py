@@ -24,7 +24,7 @@ TRAIN = defaults("train", phase1={"target_accuracy": 0.99, "min_epochs": 1, "max
                  checkpoint_every=5)
 MODEL = {"bias": True, "bias_std": 0.1}
 NTK = {"kernels": ["trace"], "dtype": "float64", "max_memory_gb": 1}
-METRICS = defaults("metrics", spectrum_top=20)
+METRICS = {**defaults("metrics", spectrum_top=20), "status": defaults("status")}
 SPLIT = {"classes_per_task": 5, "seed": 3, "order": "natural", "train_per_task": None,
          "probe_size": 15, "imbalance": 8.0}
 PROV = {"test": "1"}

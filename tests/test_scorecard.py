@@ -19,7 +19,7 @@ STEPS = np.array([0, 5, 10, 11, 12, 20])
 
 
 def fake(point, spike=3.0, dip=0.2, recovery=8.0, deflection=0.05, boundaries=1, diverged=-1,
-         excess=3.0, moved=0.1, steps=100.0, early=0.5, recovered=1.0):
+         excess=3.0, moved=0.1, steps=100.0, early=0.5, recovered=1.0, status=None):
     """A per-run dataset with chosen Reactivation boundary measures."""
     measures = {"velocity_spike": spike, "norm_dip": dip, "recovery_steps": recovery,
                 "recovery_time": recovery * point["lr"], "norm_recovered": recovered,
@@ -31,6 +31,8 @@ def fake(point, spike=3.0, dip=0.2, recovery=8.0, deflection=0.05, boundaries=1,
         {"spectral_norm": (("probe", "step"), np.ones((1, len(STEPS)))),
          "boundary_step": ("boundary", 10 + 10 * np.arange(boundaries)),
          "diverged_step": ((), diverged),
+         "run_status": ((), np.int8(status if status is not None else (diverged >= 0)),
+                        {"reason": "" if status is None else "test"}),
          "task_steps": ("trained_task", np.full(boundaries + 1, steps)),
          **{k: (("probe", "boundary"), values(v)) for k, v in measures.items()}},
         coords={"step": STEPS, "probe": [1], "boundary": np.arange(1, boundaries + 1),
@@ -188,6 +190,31 @@ def test_a_run_that_never_recovers_counts_as_slowest():
     assert rows[1].holds == "true" and rows[2].value == np.inf
 
 
+def test_a_learning_rate_left_with_no_ok_run_makes_the_lr_rows_untested():
+    # the highest lr's runs all diverged or failed to learn: 2 valid lrs are not a sweep of 3
+    dips, recovery = {0.01: 0.1, 0.1: 0.2, 1.0: 0.4}, {0.01: 30.0, 0.1: 10.0, 1.0: 50.0}
+    runs = [fake({**BASE, "lr": lr, "seed": s}, dip=dips[lr], recovery=recovery[lr],
+                 status=(1 if s == 0 else 2) if lr == 1.0 else 0) for lr in dips for s in SEEDS]
+    rows = rows_by_claim(evaluate(summary(runs), THRESHOLDS), "4.")
+    assert [r.holds for r in rows] == ["untested"] * 4
+    assert all("runs left out: 1 diverged, 2 failed to learn" in r.note for r in rows)
+
+
+def test_a_run_that_failed_to_learn_is_left_out_like_a_diverged_one():
+    runs = width_runs()
+    runs[0] = fake({**BASE, "regime": "lazy", "width": 64, "seed": 0}, spike=0.0, status=2)
+    spike = rows_by_claim(evaluate(summary(runs), THRESHOLDS), "1. boundary reactivation")[0]
+    assert spike.value == pytest.approx(3.0) and spike.n == 17
+    assert "runs left out: 1 failed to learn" in spike.note
+
+
+def test_no_ok_run_leaves_every_row_untested():
+    runs = [fake({**BASE, "width": w, "seed": 0}, status=2) for w in WIDTHS]
+    rows = evaluate(summary(runs), THRESHOLDS)
+    assert rows and all(r.holds == "untested" for r in rows)
+    assert all("no run is ok: 3 failed to learn" in r.note for r in rows)
+
+
 def test_diverged_runs_are_excluded_with_a_note(tmp_path):
     runs = width_runs()
     runs[0] = fake({**BASE, "regime": "lazy", "width": 64, "seed": 0}, spike=0.0, diverged=7)
@@ -195,7 +222,7 @@ def test_diverged_runs_are_excluded_with_a_note(tmp_path):
     spike = rows_by_claim(rows, "1. boundary reactivation")[0]
     assert spike.value == pytest.approx(3.0)  # the diverged run's 0.0 is ignored
     assert spike.n == 17
-    assert "1 diverged runs excluded" in spike.note
+    assert "runs left out: 1 diverged" in spike.note
     path = tmp_path / "scorecard.csv"
     scorecard.write(rows, path)
     with open(path, newline="") as handle:
@@ -204,17 +231,28 @@ def test_diverged_runs_are_excluded_with_a_note(tmp_path):
     assert {r["holds"] for r in table} <= set(scorecard.VERDICTS)
 
 
-def test_diverged_runs_are_blanked_along_run():
+def test_runs_that_are_not_ok_are_dropped_along_run_and_counted():
     runs = width_runs()
     runs[0] = fake({**BASE, "regime": "lazy", "width": 64, "seed": 0}, spike=0.0, diverged=7)
+    runs[1] = fake({**BASE, "regime": "lazy", "width": 64, "seed": 1}, status=2)
     ds = summary(runs)
-    clean, count = scorecard.without_diverged(ds)
-    assert count == 1
-    bad = (ds["diverged_step"] >= 0).values
-    for name in clean.data_vars:
-        if name != "diverged_step" and "run" in clean[name].dims:
-            assert np.isnan(clean[name].values[bad]).all(), name
-            np.testing.assert_array_equal(clean[name].values[~bad], ds[name].values[~bad])
+    clean, counts = scorecard.usable(ds)
+    assert counts == {"diverged": 1, "failed to learn": 1}
+    assert clean.sizes["run"] == ds.sizes["run"] - 2
+    assert set(clean["status"].values) == {"ok"}
+    assert sorted(ds["status"].values[ds["run_status"].values > 0]) == ["diverged",
+                                                                       "failed_to_learn"]
+    ok = ds["run_status"].values == 0
+    np.testing.assert_array_equal(clean["velocity_spike"].values,
+                                  ds["velocity_spike"].values[ok])
+
+
+def test_a_summary_without_run_status_falls_back_to_diverged_step():
+    runs = width_runs()
+    runs[0] = fake({**BASE, "regime": "lazy", "width": 64, "seed": 0}, diverged=7)
+    ds = summary(runs).drop_vars(["run_status", "status", "status_reason"])
+    clean, counts = scorecard.usable(ds)
+    assert counts == {"diverged": 1} and clean.sizes["run"] == ds.sizes["run"] - 1
 
 
 def test_scorecard_from_a_written_summary(tmp_path):
@@ -333,7 +371,7 @@ def test_eos_excludes_diverged_runs():
                       diverged=4)
     a, _, _, d, _ = eos_rows(runs)
     assert a.value > 0.95 and d.holds == "true"
-    assert "1 diverged runs excluded" in d.note
+    assert "runs left out: 1 diverged" in d.note
 
 
 def fe_run(point, network=0.05, kgd=0.1, akgd=0.08, alignment=(0.1, 0.2, 0.28, 0.3),

@@ -1,6 +1,7 @@
 """The real workflow, end to end, on a tiny config in a temporary directory."""
 
 import json
+import os
 import re
 import subprocess
 import sys
@@ -486,3 +487,86 @@ def test_boundary_measures_do_not_depend_on_the_log_spaced_schedule(tmp_path):
     assert sparse["window_before"].sel(probe=1).values.tolist() == [[3.0], [3.0]]
     excess = sparse["velocity_excess"].sel(probe=1, boundary=1).values
     assert np.isfinite(excess).all() and 1.0 in np.round(excess, 12)  # the control over itself
+
+
+def test_the_resnet_example_runs_end_to_end(tmp_path):
+    import shutil
+
+    shutil.copytree(REPO / "examples/resnet", tmp_path / "examples/resnet")
+    example = yaml.safe_load((REPO / "examples/resnet/config.yaml").read_text())
+    done = snakemake(tmp_path, example)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "ntkpipe: checked model resnet on digits (1, 8, 8) -> 10 outputs" in done.stderr
+    out = tmp_path / example["results"]
+    ds = open_results(out)
+    assert set(ds["width"].values) == {8, 16} and (ds["arch"].values == "resnet").all()
+    log = next((out / "logs").rglob("extract_ntk.log")).read_text()
+    assert "(BatchNorm2d): affine rule" in log and "cotangent by autograd" in log
+    assert (out / "scorecard.csv").is_file()
+    assert "Nothing to be done" in snakemake(tmp_path, example, "-n").stdout
+
+
+def _custom_config(tmp_path: Path, **models) -> dict:
+    from test_custom import NPZ, RESNET, write_npz
+
+    data = write_npz(tmp_path / "data/mine.npz", n_train=80, n_test=40, classes=4)
+    return {**TINY, "datasets": {"mine": {"loader": NPZ, "options": {"path": str(data)},
+                                          "files": ["data/mine.npz"]}},
+            "models": models or {"net": {"factory": RESNET, "kwargs": {"blocks": 1}}},
+            "dataset": {"name": "mine", "classes_per_task": 2}, "model": {"arch": "net"},
+            "sweeps": {"one": {"width": [4], "regime": ["feature"]}}}
+
+
+def test_a_custom_dataset_and_model_run_and_their_changes_rerun_what_they_feed(tmp_path):
+    from test_custom import write_npz
+
+    cfg = _custom_config(tmp_path)
+    done = snakemake(tmp_path, cfg)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "checked dataset mine: 80 training and 40 test samples of shape (1, 8, 8)" in done.stderr
+    assert "Nothing to be done" in snakemake(tmp_path, cfg, "-n").stdout
+    other = {**cfg, "models": {"net": {**cfg["models"]["net"], "kwargs": {"blocks": 2}}}}
+    plan = jobs(snakemake(tmp_path, other, "-n").stdout)  # new kwargs: retrain, same data
+    assert plan["train_phase1"] == 1 and "prepare_data" not in plan
+    data = tmp_path / "data/mine.npz"  # the file changes: the cache and all after it rerun
+    write_npz(data, n_train=80, n_test=40, classes=4, seed=1)
+    os.utime(data, (data.stat().st_atime, data.stat().st_mtime + 10))
+    plan = jobs(snakemake(tmp_path, cfg, "-n").stdout)
+    assert plan["prepare_data"] == 1 and plan["train_phase1"] == 1
+
+
+@pytest.mark.parametrize("models, says", [
+    ({"net": {"factory": "nosuchpkg.nets:resnet"}}, "ntkpipe: factory 'nosuchpkg.nets:resnet' "
+                                                    "does not import"),
+    ({"net": {"factory": "test_custom:wrong_shape"}}, "maps a batch of shape (2, 1, 8, 8) to "
+                                                      "(2, 7); it must give (N, O) = (2, 4)"),
+])
+def test_custom_code_breaking_its_contract_stops_before_any_job(tmp_path, models, says):
+    cfg = _custom_config(tmp_path, **models)
+    env_path = f"{REPO / 'tests'}"
+    out = subprocess.run([str(SNAKEMAKE), "-s", str(REPO / "Snakefile"), "--directory",
+                          str(tmp_path), "--configfile", str(_write(tmp_path, cfg)),
+                          "--cores", "1"], capture_output=True, text=True, timeout=300,
+                         env={**os.environ, "PYTHONPATH": env_path})
+    assert out.returncode == 1
+    assert says in out.stderr and "Traceback" not in out.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_loader_with_labels_out_of_range_stops_before_any_job(tmp_path):
+    from test_custom import write_npz
+
+    cfg = _custom_config(tmp_path)
+    write_npz(tmp_path / "data/mine.npz", n_train=80, n_test=40, classes=4,
+              y_test=np.arange(40) % 6)
+    cfg["datasets"]["mine"]["num_classes"] = 4
+    out = snakemake(tmp_path, cfg)
+    assert out.returncode == 1 and "Traceback" not in out.stderr
+    assert "label 5 is out of range for num_classes 4" in out.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def _write(workdir: Path, config: dict) -> Path:
+    path = workdir / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

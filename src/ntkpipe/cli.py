@@ -15,7 +15,7 @@ from ntkpipe import config as ntkconfig
 from ntkpipe import sweep
 from ntkpipe.errors import InputError
 
-STATUSES = ("done", "stale", "missing", "diverged")
+STATUSES = ("done", "stale", "missing", "diverged", "failed_to_learn")
 
 
 def _table(rows: list[dict[str, Any]], columns: list[str]) -> str:
@@ -86,6 +86,10 @@ def run_status(results: Path, run: str, shift: str,
     if int(ds["diverged_step"]) >= 0:
         info["status"] = "diverged"
         info["diverged_step"] = int(ds["diverged_step"])
+    elif "run_status" in ds and int(ds["run_status"]) == 2:  # ntkpipe.status.FAILED
+        info["status"] = "failed_to_learn"
+    if "run_status" in ds and int(ds["run_status"]) != 0:
+        info["status_reason"] = ds["run_status"].attrs.get("reason", "")
     final = ds["accuracy_matrix"].isel(trained_task=-1).values
     info["final_accuracy"] = [round(float(a), 4) for a in final]
     info["boundary_step"] = [int(b) for b in ds["boundary_step"].values]
@@ -223,14 +227,20 @@ def cmd_summary(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
+    from ntkpipe import custom
+
     cfg = ntkconfig.load(args.config)
     runs = list(sweep.iter_runs(cfg))
     phase1 = len({r for r, _ in runs})
+    checked = custom.check(cfg, sweep.all_points(cfg), Path(cfg["results"]) / ".checks")
     if args.json:
         print(_json({"config": args.config, "valid": True, "runs": len(runs),
-                     "phase1_runs": phase1, "sweeps": sweep.active_sweeps(cfg)}))
+                     "phase1_runs": phase1, "sweeps": sweep.active_sweeps(cfg),
+                     "custom": checked}))
     else:
         print(f"{args.config}: valid; {len(runs)} runs, {phase1} phase-1 runs")
+        for line in checked:
+            print(f"  checked {line}")
     return 0
 
 
@@ -321,6 +331,12 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(args, "json", False):
             print(_json({"config": args.config, "valid": False, "error": str(err)}))
         print(f"ntkpipe: invalid config: {err}", file=sys.stderr)
+        return 2
+    except InputError as err:  # a custom model or dataset failing its contract, a bad file
+        if getattr(args, "json", False):
+            print(_json({"config": getattr(args, "config", None), "valid": False,
+                         "error": str(err)}))
+        print(f"ntkpipe: {err}", file=sys.stderr)
         return 2
 
 

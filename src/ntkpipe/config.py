@@ -184,6 +184,7 @@ def _check_semantics(config: dict[str, Any]) -> None:
     if fit_range and fit_range[0] >= fit_range[1]:
         raise ConfigError(f"'analysis.train_kernel.fit_range' is {fit_range}: it must be "
                           "[k_min, k_max] with k_min < k_max")
+    _check_custom_names(config)
     sweeps = config["sweeps"]
     if not sweeps:
         raise ConfigError("'sweeps' is empty: define at least one sweep")
@@ -195,11 +196,33 @@ def _check_semantics(config: dict[str, Any]) -> None:
         _check_sweep(name, config)
 
 
+def _check_custom_names(config: dict[str, Any]) -> None:
+    """Entries under `models` / `datasets` may not shadow a built-in name."""
+    from ntkpipe.custom import BUILTIN_ARCHS, BUILTIN_DATASETS
+
+    for section, builtin in (("models", BUILTIN_ARCHS), ("datasets", BUILTIN_DATASETS)):
+        for name in config[section]:
+            if name in builtin:
+                raise ConfigError(f"'{section}.{name}' shadows the built-in {name!r}; give "
+                                  "your entry another name")
+
+
 def _check_sweep(name: str, config: dict[str, Any]) -> None:
+    from ntkpipe.custom import UnknownName, dataset_spec, model_spec
     from ntkpipe.sweep import sweep_points  # local: sweep imports this module
 
     for point in sweep_points(config, name):
         key = f"sweeps.{name}"
+        for sweep_key, lookup, default in (("arch", model_spec, "model.arch"),
+                                           ("dataset", dataset_spec, "dataset.name")):
+            try:
+                lookup(config, point[sweep_key])
+            except UnknownName as err:
+                where = f"{key}.{sweep_key}" if sweep_key in config["sweeps"][name] else default
+                raise ConfigError(f"'{where}' is {point[sweep_key]!r}, which is neither "
+                                  f"built-in ({', '.join(err.builtin)}), a name under "
+                                  f"'{'models' if sweep_key == 'arch' else 'datasets'}' nor "
+                                  "package.module:function") from None
         c, k, n = point["classes_per_task"], point["shared_classes"], point["n_tasks"]
         if k > c:
             raise ConfigError(f"'{key}.shared_classes' is {k}, larger than the task "

@@ -87,8 +87,9 @@ def load_dataset(name: str, root: str | Path | None = None, train: bool = True, 
 
 def normalise(x_train: torch.Tensor, *others: torch.Tensor
               ) -> tuple[list[torch.Tensor], dict[str, list[float]]]:
-    """Standardise every split per channel with the training split's mean and std."""
-    dims = (0, 2, 3)
+    """Standardise every split per channel (axis 1) with the training split's mean and std
+    over every other axis: per channel of (N, C, H, W) images, per feature of (N, d) vectors."""
+    dims = (0, *range(2, x_train.dim()))
     mean = x_train.mean(dim=dims, keepdim=True)
     std = x_train.std(dim=dims, keepdim=True).clamp_min(1e-8)
     out = [(x - mean) / std for x in (x_train, *others)]

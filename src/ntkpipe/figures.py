@@ -54,10 +54,19 @@ def union_table(series: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray
     return grid, table
 
 
-def diverged_note(ds: Any) -> str:
-    """' (k diverged)' when runs in `ds` diverged (they plot only up to the divergence)."""
-    count = int((ds["diverged_step"] >= 0).sum()) if "diverged_step" in ds else 0
-    return f" ({count} diverged)" if count else ""
+def status_note(ds: Any) -> str:
+    """' (k diverged, m failed to learn)' when runs in `ds` are not ok (ntkpipe.status):
+    diverged runs plot up to their divergence; every such run is left out of the scorecard."""
+    from ntkpipe.status import DIVERGED, FAILED
+
+    if "run_status" in ds:
+        codes = np.asarray(ds["run_status"].values, dtype=float)
+        diverged, failed = int((codes == DIVERGED).sum()), int((codes == FAILED).sum())
+    else:
+        diverged = int((ds["diverged_step"] >= 0).sum()) if "diverged_step" in ds else 0
+        failed = 0
+    parts = [f"{diverged} diverged"] * bool(diverged) + [f"{failed} failed to learn"] * bool(failed)
+    return f" ({', '.join(parts)})" if parts else ""
 
 
 def colors(cmap: Any, top: float, palette: np.ndarray, values: np.ndarray) -> np.ndarray:

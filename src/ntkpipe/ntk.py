@@ -88,6 +88,28 @@ def reference_ntk(model: nn.Module, x1: Tensor, x2: Tensor | None = None, *,
         return _reference(net, x1, None if symmetric else x2, mode, per_layer, None)
 
 
+def kernel_plan(model: nn.Module, x: Tensor, *, mode: str = "trace",
+                implementation: str = "auto") -> list[dict[str, str]]:
+    """How `empirical_ntk(model, x, ...)` computes each parametrised module's part: one
+    {layer, module, rule, form, cotangent} per layer in `layer_names` order. rule is the exact
+    factorised rule (linear, conv, affine, additive) or "fallback" (the module's own Jacobian by
+    autograd, exact for any module); cotangent is "chain" (propagated step by step) or
+    "autograd" (through a module the chain treats as one generic step, e.g. a residual block)."""
+    _check_options(mode, implementation, None)
+    if implementation == "reference":
+        return [{"layer": name, "module": type(m).__name__, "rule": "reference",
+                 "form": "vmap+jacrev", "cotangent": "autograd"}
+                for name, m in _parametrised_modules(model)]
+    with _computation_context(model, x, None, None, False) as (net, x1, x2, symmetric, _):
+        output_dim = _check_inputs(net, x1, x2)
+        plan = _plan(net, x1, x2, symmetric, output_dim, mode, implementation, False)
+    generic = {s.name for st in plan.chain.steps if st.role == "generic" for s in st.specs}
+    return [{"layer": s.name, "module": type(s.module).__name__,
+             "rule": "fallback" if s.kind == "other" else s.kind, "form": s.form,
+             "cotangent": "autograd" if s.name in generic else "chain"}
+            for s in plan.chain.specs]
+
+
 def layer_names(model: nn.Module) -> list[str]:
     """Names of the parametrised modules that index the `layer` dimension of per-layer kernels."""
     return [name for name, _ in _parametrised_modules(model)]

@@ -3,7 +3,8 @@
 A study's claims (in its module under `ntkpipe.studies`) turn a published claim into a measured
 check on the summary: a statistic, a threshold fixed from the claim's wording before looking at
 results (config `scorecard`), and a verdict. A claim whose experiment is not in the summary is
-'untested'; diverged runs are excluded and counted in the note. This module knows no study.
+'untested'; runs that are not ok (diverged, failed to learn) are excluded and counted
+in the note. This module knows no study.
 """
 
 from __future__ import annotations
@@ -62,19 +63,24 @@ def untested(study: str, names: list[str], note: str) -> list[Row]:
     return [Row(study, name, "—", np.nan, "—", "untested", note) for name in names]
 
 
-def without_diverged(ds: Any) -> tuple[Any, int]:
-    """The summary with every diverged run's values set to NaN (along `run`), and how many
-    there were."""
-    if "diverged_step" not in ds:
-        return ds, 0
-    diverged = ds["diverged_step"] >= 0
-    count = int(diverged.sum())
-    if count:
-        ds = ds.copy()
-        for name in ds.data_vars:
-            if name != "diverged_step" and set(diverged.dims) <= set(ds[name].dims):
-                ds[name] = ds[name].where(~diverged)
-    return ds, count
+def usable(ds: Any) -> tuple[Any, dict[str, int]]:
+    """The summary without the runs that are not ok (ntkpipe.status: diverged, failed to
+    learn), and how many of each were left out. Older summaries without `run_status` fall back
+    to `diverged_step`."""
+    from ntkpipe.status import DIVERGED, FAILED
+
+    if "run_status" in ds:
+        codes = np.asarray(ds["run_status"].values, dtype=float)
+    elif "diverged_step" in ds:
+        codes = np.where(np.asarray(ds["diverged_step"].values) >= 0, DIVERGED, 0)
+    else:
+        return ds, {}
+    counts = {"diverged": int((codes == DIVERGED).sum()),
+              "failed to learn": int((codes == FAILED).sum())}
+    counts = {k: v for k, v in counts.items() if v}
+    if not counts:
+        return ds, counts
+    return ds.isel(run=np.flatnonzero(codes == 0)), counts
 
 
 def subset(ds: Any, keep: tuple[str, ...], **fixed: Any) -> Any | None:
@@ -90,7 +96,7 @@ def subset(ds: Any, keep: tuple[str, ...], **fixed: Any) -> Any | None:
 
 def runs_with(ds: Any, name: str) -> np.ndarray:
     """Indices of the runs with finite values of `name`: the runs of the study (the analysis)
-    that measures it; diverged runs were blanked, so they are not among them."""
+    that measures it (runs that are not ok were dropped before)."""
     if name not in ds:
         return np.array([], dtype=int)
     finite = np.isfinite(ds[name])
@@ -205,13 +211,30 @@ def change_row(study: str, name: str, before: np.ndarray, after: np.ndarray, sym
 
 
 def evaluate(study: Any, ds: Any, thresholds: dict[str, float]) -> list[Row]:
-    """A study's rows on a summary merged with its measures (diverged runs excluded)."""
-    clean, diverged = without_diverged(ds)
+    """A study's rows on a summary merged with its measures, computed on the ok runs only:
+    diverged and failed-to-learn runs are dropped first and counted in every row's note (a row
+    left with too few runs turns untested or inconclusive by its own rule)."""
+    clean, excluded = usable(ds)
+    if clean.sizes["run"] == 0:
+        names = [row.claim for row in study.claims(_blank(ds), thresholds)]
+        return untested(study.name, names, "no run is ok: "
+                        + ", ".join(f"{v} {k}" for k, v in excluded.items()))
     rows = study.claims(clean, thresholds)
-    if diverged:
+    if excluded:
+        left_out = ", ".join(f"{v} {k}" for k, v in excluded.items())
         for row in rows:
-            row.note = f"{row.note}; {diverged} diverged runs excluded".lstrip("; ")
+            row.note = f"{row.note}; runs left out: {left_out}".lstrip("; ")
     return rows
+
+
+def _blank(ds: Any) -> Any:
+    """The summary with every variable along `run` set to NaN: the rows' names without a
+    value (every run excluded)."""
+    ds = ds.copy()
+    for name in ds.data_vars:
+        if "run" in ds[name].dims and np.issubdtype(ds[name].dtype, np.number):
+            ds[name] = ds[name].astype(float) * np.nan
+    return ds
 
 
 def write(rows: list[Row], path: str | Path) -> None:

@@ -20,7 +20,7 @@ from ntkpipe import store
 from ntkpipe.sweep import PHASE1_KEYS, SHIFT_KEYS, SWEEP_KEYS
 
 _PER_RUN_COORDS = ("phase", "epoch")  # differ between runs along the shared `step`
-_RUN_COORDS = ("run_id", "shift_id", "similarity")  # along `run`, besides the sweep keys
+_RUN_COORDS = ("run_id", "shift_id", "similarity", "status", "status_reason")  # along `run`
 _SIMILARITY_NAME = "Jaccard similarity of task 1 and task 2 classes"
 
 
@@ -108,6 +108,15 @@ def combine(datasets: list[Any], *, provenance: dict[str, str]) -> Any:
     for d in labelled:
         out[d].attrs.update(next(ds[d].attrs for ds in datasets if d in ds.coords))
     out["similarity"].attrs["long_name"] = _SIMILARITY_NAME
+    if "run_status" in out:  # ntkpipe.status: ok, diverged, failed_to_learn, and why
+        from ntkpipe.status import names
+
+        out = out.assign_coords(
+            status=("run", names(out["run_status"].values),
+                    {"long_name": "run status (ok, diverged, failed_to_learn)"}),
+            status_reason=("run", _column([ds["run_status"].attrs.get("reason", "")
+                                           if "run_status" in ds else "" for ds in datasets]),
+                           {"long_name": "why a run is not ok"}))
     out.attrs.update(store.dataset_attrs("ntkpipe sweep summary", provenance))
     out.attrs["runs"] = len(datasets)
     return out

@@ -4,6 +4,7 @@ import os
 import sys
 
 import ntkpipe.config as ntkconfig
+import ntkpipe.custom as ntkcustom
 import ntkpipe.smk as ntksmk
 import ntkpipe.studies as ntkstudies
 import ntkpipe.sweep as ntksweep
@@ -16,6 +17,11 @@ config.clear()  # update() alone would keep the keys in the order they were writ
 config.update(_valid)
 
 R = config["results"]
+try:  # your own models and datasets: imported and run once per change, before any job
+    for _line in ntkcustom.check(config, ntksweep.all_points(config), os.path.join(R, ".checks")):
+        print(f"ntkpipe: checked {_line}", file=sys.stderr)
+except ntkcustom.InputError as err:
+    sys.exit(f"ntkpipe: {err}")
 # every job's environment under --software-deployment-method conda; the env holds the
 # dependencies and the jobs import ntkpipe from this checkout's src/ (where an install of it
 # exists, as in `make install`'s venv, it is this same src/)
@@ -33,7 +39,7 @@ wildcard_constraints:
     run=ntksweep.id_regex(ntksweep.PHASE1_KEYS),
     shift=ntksweep.id_regex(ntksweep.SHIFT_KEYS),
     split=ntksweep.id_regex(ntksweep.SPLIT_KEYS),
-    dataset="[a-z0-9]+",
+    dataset="[A-Za-z0-9_.:-]+",
     study="|".join(STUDY_SPECS),
 
 
@@ -181,8 +187,25 @@ def ntk_settings(wildcards):
     return {**config["ntk"], "kernels": kernels}
 
 
-def model_settings():
-    return {"bias": config["model"]["bias"], "bias_std": config["model"]["bias_std"]}
+def model_settings(wildcards):
+    """What builds a run's network besides its wildcards: a custom factory with its kwargs and
+    code hash (editing the factory retrains), the ViT shape for arch vit."""
+    arch = run_params(wildcards)["arch"]
+    out = {"bias": config["model"]["bias"], "bias_std": config["model"]["bias_std"]}
+    if arch == "vit":
+        out["vit"] = config["model"]["vit"]
+    spec = ntkcustom.model_spec(config, arch)
+    if spec is not None:
+        out["custom"] = {**spec, "code": ntkcustom.code_hash(spec["factory"])}
+    return out
+
+
+def dataset_custom(wildcards):
+    """A custom dataset's loader, options and code hash (None: a built-in dataset)."""
+    spec = ntkcustom.dataset_spec(config, wildcards.dataset)
+    if spec is None:
+        return None
+    return {**spec, "code": ntkcustom.code_hash(spec["loader"])}
 
 
 # Per-run files a study's measures may read, by kind.
@@ -251,6 +274,9 @@ def dataset_files(wildcards):
     a dataset still to be downloaded has none yet."""
     from pathlib import Path
 
+    custom = ntkcustom.dataset_spec(config, wildcards.dataset)
+    if custom is not None:
+        return custom["files"]
     root = config["dataset"]["root"]
     if wildcards.dataset == "digits" or not root or config["dataset"]["download"]:
         return []

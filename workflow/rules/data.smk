@@ -12,6 +12,7 @@ rule prepare_data:
         root=config["dataset"]["root"],
         download=config["dataset"]["download"],
         image_size=config["dataset"]["image_size"],
+        custom=dataset_custom,
         code=ntksmk.code_hash("ntkpipe.stages.data"),
     script:
         "../scripts/prepare_data.py"

@@ -9,7 +9,10 @@ rule metrics:
     conda:
         CONDA_ENV
     params:
-        metrics={k: config["metrics"][k] for k in ("kernel", "centered", "spectrum_top")},
+        metrics={
+            **{k: config["metrics"][k] for k in ("kernel", "centered", "spectrum_top")},
+            "status": config["status"],
+        },
         code=ntksmk.code_hash("ntkpipe.stages.measures"),
     script:
         "../scripts/metrics.py"

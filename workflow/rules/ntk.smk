@@ -17,7 +17,7 @@ rule extract_ntk:
         gpu=1,
     params:
         run=run_params,
-        model=model_settings(),
+        model=model_settings,
         ntk=ntk_settings,
         code=ntksmk.code_hash("ntkpipe.stages.kernels"),
     script:
@@ -42,7 +42,7 @@ rule sharpness:
         gpu=1,
     params:
         run=run_params,
-        model=model_settings(),
+        model=model_settings,
         train=lambda wc: {**lr_settings(wc), "momentum": config["train"]["momentum"]},
         sharpness=config["analysis"]["sharpness"],
         code=ntksmk.code_hash("ntkpipe.stages.analyses"),
@@ -70,7 +70,7 @@ rule train_kernel:
         gpu=1,
     params:
         run=run_params,
-        model=model_settings(),
+        model=model_settings,
         train=lr_settings,
         ntk={k: config["ntk"][k] for k in ("dtype", "max_memory_gb")},
         settings={"block_subset": config["analysis"]["train_kernel"]["block_subset"]},

@@ -18,7 +18,7 @@ rule train_phase1:
     params:
         run=run_params,
         train=phase1_settings,
-        model=model_settings(),
+        model=model_settings,
         code=ntksmk.code_hash("ntkpipe.stages.training"),
     script:
         "../scripts/train_phase1.py"
@@ -45,7 +45,7 @@ rule train_phase2:
     params:
         run=run_params,
         train=phase2_settings,
-        model=model_settings(),
+        model=model_settings,
         code=ntksmk.code_hash("ntkpipe.stages.training"),
     script:
         "../scripts/train_phase2.py"

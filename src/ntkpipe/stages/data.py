@@ -32,15 +32,27 @@ def compute_device() -> "torch.device":
 
 def prepare_data(name: str, root: str | None, out: str | Path, *,
                  provenance: dict[str, str], download: bool = False,
-                 image_size: int = 64) -> None:
-    """Decode and normalise a dataset once (training-split statistics) into an array cache."""
+                 image_size: int = 64, custom: dict[str, Any] | None = None) -> None:
+    """Decode and normalise a dataset once (training-split statistics) into an array cache:
+    a built-in one, or the loader of `custom` (see ntkpipe.custom)."""
     from ntkpipe.data import load_dataset, normalise
 
-    options = {"image_size": image_size} if name == "imagefolder" else {}
-    x_train, y_train = load_dataset(name, root, train=True, download=download, **options)
-    x_test, y_test = load_dataset(name, root, train=False, download=download, **options)
-    (x_train, x_test), stats = normalise(x_train, x_test)
-    num_classes = int(max(y_train.max(), y_test.max())) + 1
+    if custom is not None:
+        from ntkpipe.custom import dataset_arrays
+
+        arrays = dataset_arrays(custom, name)
+        x_train, y_train, x_test, y_test = (arrays[k] for k in
+                                            ("x_train", "y_train", "x_test", "y_test"))
+        num_classes = arrays["num_classes"]
+    else:
+        options = {"image_size": image_size} if name == "imagefolder" else {}
+        x_train, y_train = load_dataset(name, root, train=True, download=download, **options)
+        x_test, y_test = load_dataset(name, root, train=False, download=download, **options)
+        num_classes = int(max(y_train.max(), y_test.max())) + 1
+    if custom is None or custom["normalise"]:
+        (x_train, x_test), stats = normalise(x_train, x_test)
+    else:
+        stats = None
     store.save_arrays({"x_train": x_train.numpy(), "y_train": y_train.numpy(),
                        "x_test": x_test.numpy(), "y_test": y_test.numpy()}, out,
                       meta={"format": "ntkpipe.data/1", "name": name,

@@ -136,6 +136,11 @@ def extract_ntk(data_path: str | Path, split_path: str | Path, snapshot_paths: l
     outputs, test_stats, train_stats = [], [], []
     tic = time.perf_counter()
     probe_inputs = [x_test[torch.from_numpy(split.probe[p]).to(device)] for p in probes]
+    from ntkpipe.ntk import kernel_plan
+
+    for layer in kernel_plan(model, probe_inputs[0]):
+        log(f"NTK of {layer['layer']} ({layer['module']}): {layer['rule']} rule, "
+            f"{layer['form']} form, cotangent by {layer['cotangent']}")
     bar = ProgressBar(len(snaps["states"]), "NTK snapshots")
     for s, state in enumerate(snaps["states"]):
         model.load_state_dict(state)
@@ -216,7 +221,8 @@ def extract_ntk(data_path: str | Path, split_path: str | Path, snapshot_paths: l
                     coords={k: xr.Variable(*v) for k, v in coords.items()})
     ds = ds.drop_vars([c for c in ("output", "output_j") if c not in ds.dims])
     ds.attrs.update(store.dataset_attrs("ntkpipe empirical NTK snapshots", provenance))
-    ds.attrs.update(_run_attrs(split, snaps))
+    ds.attrs.update(_run_attrs(split, snaps, train_labels))
+    ds.attrs["target"] = run.get("target", "labels")  # what 'learned' means (ntkpipe.status)
     ds.attrs["normalisation_json"] = json.dumps(data.get("normalisation", {}), sort_keys=True)
     encoding = {name: {"chunksizes": tuple(1 if d in ("probe", "step", "layer", "output") else
                                            ds.sizes[d] for d in ds[name].dims)}
@@ -225,8 +231,12 @@ def extract_ntk(data_path: str | Path, split_path: str | Path, snapshot_paths: l
         ds.to_netcdf(tmp, engine="netcdf4", format="NETCDF4", encoding=encoding)
 
 
-def _run_attrs(split: TaskSplit, snaps: dict[str, Any]) -> dict[str, Any]:
-    return {"boundaries_json": json.dumps(snaps["boundaries"]),
+def _run_attrs(split: TaskSplit, snaps: dict[str, Any], train_labels: np.ndarray
+               ) -> dict[str, Any]:
+    from ntkpipe.status import chance_level
+
+    return {"task_chance_json": json.dumps([chance_level(train_labels[idx])
+                                            for idx in split.train]),"boundaries_json": json.dumps(snaps["boundaries"]),
             "diverged_step": int(snaps["diverged_step"]),
             "converged_json": json.dumps(snaps["converged"]),
             "stop_reasons_json": json.dumps(snaps["stop_reasons"]),

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 
 from ntkpipe import store
+from ntkpipe.status import attrs as status_attrs
 
 
 def _metric_kernels(ds: Any, kernel: str) -> np.ndarray:
@@ -28,6 +29,28 @@ def _targets(ds: Any, probe_index: int, kernel: str) -> np.ndarray:
     labels = ds["label"].values[probe_index]
     y = np.eye(ds.sizes.get("output", int(labels.max()) + 1))[labels]
     return y.reshape(-1, 1) if kernel == "full" else y  # full: one target per (sample, output)
+
+
+def _status(ds: Any, ends: list[int], starts: list[int], cfg: dict[str, Any]
+            ) -> tuple[int, str]:
+    """The run's status (ntkpipe.status) from each trained task's training accuracy and loss
+    at its last snapshot, and its loss at its first."""
+    from ntkpipe.status import classify
+
+    steps = ds["step"].values
+    firsts = [int(steps[steps >= s][0]) if (steps >= s).any() else int(steps[-1])
+              for s in starts]
+    n = len(ends)
+    acc = ds["train_accuracy"].transpose("step", "task").values
+    loss = ds["train_loss"].transpose("step", "task").values
+    at = {int(s): i for i, s in enumerate(steps)}
+    end_acc = np.array([acc[at[e], t] for t, e in enumerate(ends)])
+    end_loss = np.array([loss[at[e], t] for t, e in enumerate(ends)])
+    start_loss = np.array([loss[at[s], t] for t, s in enumerate(firsts)])
+    chance = np.array(json.loads(ds.attrs.get("task_chance_json", "[]")) + [np.nan] * n)[:n]
+    return classify(int(ds.attrs["diverged_step"]), end_acc, chance, start_loss, end_loss,
+                    real_targets=ds.attrs.get("target", "labels") != "labels",
+                    chance_margin=cfg["chance_margin"], min_loss_drop=cfg["min_loss_drop"])
 
 
 def compute_metrics(ntk_path: str | Path, out: str | Path, *, metrics_cfg: dict[str, Any],
@@ -73,6 +96,7 @@ def compute_metrics(ntk_path: str | Path, out: str | Path, *, metrics_cfg: dict[
     task_steps = np.diff(np.array(starts + [last], dtype=float))[:len(trained)]
     converged = np.array(json.loads(ds.attrs.get("converged_json", "[]")), dtype=float)
     converged = np.concatenate([converged, np.full(len(trained), np.nan)])[:len(trained)]
+    code, reason = _status(ds, ends, starts[:len(trained)], metrics_cfg["status"])
     pm = ("probe", "step")
     out_ds = xr.Dataset(
         {
@@ -118,6 +142,7 @@ def compute_metrics(ntk_path: str | Path, out: str | Path, *, metrics_cfg: dict[
                               {"long_name": "first step of each later task"}),
             "diverged_step": ((), int(ds.attrs["diverged_step"]),
                               {"long_name": "step whose loss was not finite (-1: none)"}),
+            "run_status": ((), np.int8(code), {**status_attrs(), "reason": reason}),
         },
         coords={"step": ds["step"].variable, "phase": ds["phase"].variable,
                 "epoch": ds["epoch"].variable, "probe": probes, "task": ds["task"].values,

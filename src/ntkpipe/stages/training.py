@@ -18,13 +18,24 @@ if TYPE_CHECKING:
 
 def make_model(data: dict[str, Any], run: dict[str, Any], model_cfg: dict[str, Any]
                ) -> "torch.nn.Module":
-    """The network of a run, at its initialisation."""
+    """The network of a run, at its initialisation: a built-in one, or the factory of
+    `model_cfg["custom"]` (see ntkpipe.custom)."""
     from ntkpipe.models import build_model
 
-    return build_model(run["arch"], tuple(data["x_train"].shape[1:]), data["num_classes"],
+    in_shape = tuple(data["x_train"].shape[1:])
+    if model_cfg.get("custom") is not None:
+        from ntkpipe import custom
+
+        return custom.build_model(model_cfg["custom"], in_shape, data["num_classes"],
+                                  seed=run["seed"], width=run["width"], depth=run["depth"],
+                                  activation=run["activation"],
+                                  parametrization=custom.parametrization(run["regime"]),
+                                  bias=model_cfg["bias"], bias_std=model_cfg["bias_std"])
+    return build_model(run["arch"], in_shape, data["num_classes"],
                        width=run["width"], depth=run["depth"], activation=run["activation"],
                        regime=run["regime"], bias=model_cfg["bias"],
-                       bias_std=model_cfg["bias_std"], seed=run["seed"])
+                       bias_std=model_cfg["bias_std"], seed=run["seed"],
+                       **model_cfg.get("vit", {}))
 
 
 def fit_targets(data: dict[str, Any], run: dict[str, Any],
@@ -83,6 +94,16 @@ def sharpness_monitor(data: dict[str, Any], split: Any, run: dict[str, Any],
     warm: dict[str, Any] = {}
 
     def measure(model: "torch.nn.Module") -> list[float]:
+        # the Hessian's forward passes must not move a train-mode BatchNorm's running stats
+        buffers = {k: b.clone() for k, b in model.named_buffers()}
+        try:
+            return _measure(model)
+        finally:
+            with torch.no_grad():
+                for k, b in model.named_buffers():
+                    b.copy_(buffers[k])
+
+    def _measure(model: "torch.nn.Module") -> list[float]:
         from scipy.sparse.linalg import ArpackNoConvergence
 
         try:

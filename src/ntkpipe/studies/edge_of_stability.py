@@ -262,7 +262,7 @@ def edge_of_stability(ds: Any, path: str | Path) -> None:
             if not plots.has_data(one["sharpness"]):
                 continue
             threshold = float(np.nanmean(one["stability_threshold"].values))
-            label = f"η={lr:g}{plots.diverged_note(one)}"
+            label = f"η={lr:g}{plots.status_note(one)}"
             plots.band(row[0], *plots.seed_table(one["sharpness"].max("hessian_eig"),
                                                  "sharpness_step"), label, color)
             row[0].axhline(threshold, color=color, ls="--", lw=1)
@@ -317,7 +317,7 @@ def eos_alignment(ds: Any, path: str | Path) -> None:
                             label=label)
         for lr, color, one in cells:
             a, fraction = (np.array(side) for side in zip(*plots.per_seed(one, _final_spectrum)))
-            label = f"η={lr:g}{plots.diverged_note(one)}"
+            label = f"η={lr:g}{plots.status_note(one)}"
             plots.band(row[1], np.arange(1, a.shape[1] + 1), a, label, color)
             row[2].plot(plots.nanmean(fraction), plots.nanmean(a), "o-", ms=3, lw=0.8,
                         color=color, label=label)

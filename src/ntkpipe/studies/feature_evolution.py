@@ -504,7 +504,7 @@ def kernel_descent(ds: Any, path: str | Path) -> None:
             for name, ls in zip(("network_loss", "kgd_loss", "akgd_loss"), styles.values()):
                 x, table = _loss_curves(one, name) if name in one else ([], None)
                 if len(x):
-                    label = f"depth {depth}{plots.diverged_note(one)}" if ls == "-" else None
+                    label = f"depth {depth}{plots.status_note(one)}" if ls == "-" else None
                     plots.band(ax, x, np.where(table <= 10 * top, table, np.nan), label, color, ls=ls)
         ax.set_xscale("symlog", linthresh=1)
         ax.set_yscale("log")
@@ -535,7 +535,7 @@ def alignment_by_depth(ds: Any, path: str | Path) -> None:
                 one = fe.sel(activation=activation, depth=depth)
                 x, table = plots.seed_table(one[name])
                 if len(x):
-                    plots.band(ax, x, table, f"depth {depth}{plots.diverged_note(one)}", color)
+                    plots.band(ax, x, table, f"depth {depth}{plots.status_note(one)}", color)
             ax.set_xscale("symlog", linthresh=10)
             ax.set_xlim(left=0)
             ax.set_xlabel("step")
@@ -614,7 +614,7 @@ def kernel_spectra(ds: Any, path: str | Path) -> None:
             ax.set_yscale("log")
             ax.set_xlabel("mode k")
             ax.set_ylabel(ylabel)
-            ax.set_title(f"{title}, {activation} depth {depth}{plots.diverged_note(one)}", fontsize=9)
+            ax.set_title(f"{title}, {activation} depth {depth}{plots.status_note(one)}", fontsize=9)
             ax.legend(fontsize=7, loc="lower left")
     plots.finish(fig, "Kernel spectra before and after training, power-law fits dashed "
                  "(λ_k ∼ k^−b, v_k² ∼ k^−a)", path)
@@ -654,7 +654,7 @@ def specialization(ds: Any, path: str | Path) -> None:
             ax.set_xlabel("target class c′")
             ax.set_ylabel("kernel block c")
             ax.set_title(f"final KSM, {title}, {activation} depth {deepest[activation]}"
-                         f"{plots.diverged_note(one)}", fontsize=8)
+                         f"{plots.status_note(one)}", fontsize=8)
         for name, (label, ls) in styles.items():
             x, table = plots.seed_table(one[name])
             if len(x):

@@ -648,7 +648,7 @@ def curves(ds: Any, path: str | Path, *, line: str, title: str,
             for value, color in zip(view[line].values, colors):
                 one = view.sel(regime=regime, **{line: value})
                 draw_series(ax, seed_series(one, name), color,
-                            f"{line} {value}{plots.diverged_note(one)}", join)
+                            f"{line} {value}{plots.status_note(one)}", join)
                 _later_boundaries(ax, one)
             _metric_panel(ax, name, regime, dense)
         row[0].legend(fontsize=8)
@@ -692,7 +692,7 @@ def frequency_shift(ds: Any, path: str | Path) -> None:
             for alpha, color in zip(freq["alpha"].values, colors):
                 one = freq.sel(regime=regime, alpha=alpha)
                 draw_series(ax, seed_series(one, name), color,
-                            f"frequency α={alpha:g}{plots.diverged_note(one)}", join)
+                            f"frequency α={alpha:g}{plots.status_note(one)}", join)
             if regime in concept["regime"].values:  # no such runs: no regimes
                 draw_series(ax, seed_series(concept.sel(regime=regime), name), "k",
                             "class-incremental", join)
@@ -730,7 +730,7 @@ def task_sequence(ds: Any, path: str | Path) -> None:
             for i, regime in enumerate(view["regime"].values):
                 one = view.sel(regime=regime)
                 draw_series(ax, seed_series(one, name), f"C{i}",
-                            f"{regime}{plots.diverged_note(one)}", join)
+                            f"{regime}{plots.status_note(one)}", join)
                 _later_boundaries(ax, one)
             _window_axis(ax, dense)
             if name == "kernel_velocity":
@@ -793,7 +793,7 @@ def similarity_sweep(ds: Any, path: str | Path) -> None:
                 ax.plot(np.full(len(row), level), row, ".", color=f"C{i}", alpha=0.35, ms=3)
             ok = np.isfinite(mean)
             ax.errorbar(similarity[ok], mean[ok], yerr=std[ok], marker="o", capsize=3,
-                        label=f"{regime}{plots.diverged_note(view.sel(regime=regime))}",
+                        label=f"{regime}{plots.status_note(view.sel(regime=regime))}",
                         color=f"C{i}")
         ax.set_xlabel("similarity |C₁∩C₂| / |C₁∪C₂|")
         ax.set_title(title, fontsize=9)

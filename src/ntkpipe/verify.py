@@ -1,0 +1,159 @@
+"""`ntkpipe verify`: every file under `results/` checked — it loads, holds what its kind must
+hold, and its provenance names the run its path names — and, with `--repair`, the bad ones
+removed, so that the next `snakemake` rebuilds exactly them and what depends on them.
+
+What counts as bad: a file that does not load (truncated, corrupted, empty), a NetCDF without
+the variables its stage writes, a per-run file whose `wildcards_json` names another run than
+its path, and a leftover temporary file of an interrupted atomic write (`.<name>.*.tmp`).
+Resume files (`*.pt.resume`) are checked like checkpoints. A file that is merely missing is
+not bad: Snakemake builds it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Iterator
+
+# Variables each NetCDF kind must hold (the first one its stage writes, and the key ones read
+# downstream).
+REQUIRED = {
+    "ntk.nc": ("ntk_trace", "test_accuracy", "train_accuracy"),
+    "metrics.nc": ("spectral_norm", "kernel_distance", "accuracy_matrix", "diverged_step"),
+    "sharpness.nc": ("sharpness",),
+    "train_kernel.nc": ("train_ntk", "train_target"),
+}
+_TEMPORARY = re.compile(r"^\..+\.tmp$")
+_PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass
+class Finding:
+    """One bad file: its path, what is wrong, and whether --repair removed it."""
+
+    path: str
+    problem: str
+    removed: bool = False
+
+
+def _wildcards(path: Path, results: Path) -> dict[str, str] | None:
+    """{run, shift?} that a per-run file's path names (None: not a per-run file)."""
+    try:
+        rel = path.relative_to(results / "runs")
+    except ValueError:
+        return None
+    parts = rel.parts[:-1]
+    split = next((i for i, p in enumerate(parts) if p.startswith("shift~")), None)
+    if split is None:
+        return {"run": "/".join(parts)}
+    return {"run": "/".join(parts[:split]), "shift": "/".join(parts[split:])}
+
+
+def _check_provenance(attrs: dict[str, Any], path: Path, results: Path) -> str | None:
+    expected = _wildcards(path, results)
+    text = attrs.get("wildcards_json")
+    if expected is None or text is None:
+        return None
+    try:
+        recorded = json.loads(text)
+    except ValueError:
+        return "its wildcards_json attribute is not JSON"
+    for key, value in expected.items():
+        if key in recorded and recorded[key] != value:
+            return f"its provenance names {key} {recorded[key]!r}, its path {value!r}"
+    return None
+
+
+def check_file(path: Path, results: Path) -> str | None:
+    """What is wrong with one file under `results` (None: nothing we can see)."""
+    from ntkpipe import store
+
+    name = path.name
+    if _TEMPORARY.match(name):
+        return "a leftover temporary file of an interrupted write"
+    try:
+        if name.endswith(".nc"):
+            ds = store.open_netcdf(path)
+            missing = [v for v in REQUIRED.get(name, ()) if v not in ds.variables]
+            if missing:
+                return f"lacks {', '.join(missing)}"
+            return _check_provenance(dict(ds.attrs), path, results)
+        if name.endswith(".pt") or name.endswith(".pt.resume"):
+            obj = store.load_torch(path)
+            if not isinstance(obj, dict):
+                return f"holds a {type(obj).__name__}, not an ntkpipe checkpoint"
+            return None
+        if name.endswith(".npz"):
+            store.load_arrays(path)
+            return None
+        if name.endswith(".png"):
+            with open(path, "rb") as handle:
+                return None if handle.read(8) == _PNG else "not a PNG image"
+        if name.endswith(".csv"):
+            import csv
+
+            with open(path, newline="") as handle:
+                rows = list(csv.reader(handle))
+            if not rows or not rows[0]:
+                return "an empty CSV file"
+            width = len(rows[0])
+            bad = next((i for i, row in enumerate(rows[1:], 2) if len(row) != width), None)
+            return None if bad is None else f"row {bad} has another number of columns"
+        if name.endswith(".json"):
+            json.loads(path.read_text())
+            return None
+    except store.CorruptFileError as err:
+        return str(err).split(": ", 1)[-1]
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        return f"not readable: {err}"
+    return None
+
+
+def _files(results: Path) -> Iterator[Path]:
+    skip = {"logs", "benchmarks"}  # Snakemake's own records, not inputs of any rule
+    for path in sorted(results.rglob("*")):
+        if path.is_file() and not (set(path.relative_to(results).parts[:1]) & skip):
+            yield path
+
+
+def verify(results: str | Path, repair: bool = False) -> list[Finding]:
+    """Every bad file under `results`; with `repair`, each removed."""
+    results = Path(results)
+    findings = []
+    for path in _files(results):
+        problem = check_file(path, results)
+        if problem is None:
+            continue
+        finding = Finding(str(path), problem)
+        if repair:
+            path.unlink(missing_ok=True)
+            finding.removed = True
+        findings.append(finding)
+    return findings
+
+
+def report(findings: list[Finding], checked: int, repair: bool) -> list[str]:
+    """The lines `ntkpipe verify` prints."""
+    lines = [f"{f.path}: {f.problem}" + (" (removed)" if f.removed else "") for f in findings]
+    if not findings:
+        lines.append(f"{checked} files checked: all good")
+    elif repair:
+        lines.append(f"{checked} files checked: {len(findings)} bad, removed; run snakemake "
+                     "again to rebuild them and what depends on them")
+    else:
+        lines.append(f"{checked} files checked: {len(findings)} bad; `ntkpipe verify --repair` "
+                     "removes them so that the next snakemake run rebuilds them")
+    return lines
+
+
+def as_json(findings: list[Finding], checked: int) -> dict[str, Any]:
+    """The JSON form of a verification."""
+    return {"checked": checked, "bad": [asdict(f) for f in findings]}
+
+
+def count_files(results: str | Path) -> int:
+    """How many files `verify` looks at."""
+    results = Path(results)
+    return sum(1 for _ in _files(results)) if results.is_dir() else 0
