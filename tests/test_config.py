@@ -270,3 +270,33 @@ def test_results_that_is_a_file_is_refused(tmp_path, monkeypatch):
     with pytest.raises(config.ConfigError, match="'results' is 'taken', which is an existing "
                                                  "file, not a directory"):
         config.validate({"results": "taken", "sweeps": {"w": {}}})
+
+
+def test_nested_overrides_given_as_strings_are_read_as_yaml():
+    # `snakemake --config 'probe={size: 20}' 'train={phase1: {max_epochs: 3}}'` hands these over
+    cfg = config.validate({"sweeps": {"w": {"width": ["16", "32"]}},
+                           "probe": {"size": "20", "tasks": "[1, 2]"},
+                           "train": {"lr": "0.05", "phase1": {"max_epochs": "{sgd: 3, gd: 9}"}}})
+    assert cfg["probe"] == {"size": 20, "tasks": [1, 2]}
+    assert cfg["train"]["lr"] == pytest.approx(0.05)
+    assert cfg["train"]["phase1"]["max_epochs"] == {"gd": 9, "sgd": 3}
+    assert cfg["sweeps"]["w"]["width"] == [16, 32]
+
+
+def test_strings_stay_strings_where_the_schema_wants_text():
+    cfg = config.validate({"results": "123", "sweeps": {"w": {"batch_size": ["full"]}}})
+    assert cfg["results"] == "123" and cfg["sweeps"]["w"]["batch_size"] == ["full"]
+    with pytest.raises(config.ConfigError, match="'probe.size'"):
+        config.validate({"sweeps": {"w": {}}, "probe": {"size": "twenty"}})
+    with pytest.raises(config.ConfigError, match="'train.lr' is nan"):
+        config.validate({"sweeps": {"w": {}}, "train": {"lr": ".nan"}})
+
+
+def test_a_yaml_syntax_error_is_one_line_with_its_position(tmp_path):
+    path = tmp_path / "bad.yaml"
+    path.write_text("sweeps: {a: {width: [4]\n")
+    with pytest.raises(config.ConfigError) as err:
+        config.load(path)
+    message = str(err.value)
+    assert message.startswith(f"config file {path} is not valid YAML at line 2, column 1: ")
+    assert "\n" not in message

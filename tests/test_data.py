@@ -292,8 +292,8 @@ def test_imagefolder_labels_and_channels(tmp_path, with_list):
     write_imagefolder(tmp_path, with_list)
     classes = IMAGE_CLASSES if with_list else sorted(IMAGE_CLASSES + ["unlisted"])
     for train, copies in ((True, 2), (False, 1)):
-        if not with_list and not train:
-            (tmp_path / "val" / "unlisted").mkdir()
+        if not with_list and not train:  # every class needs images in both splits
+            write_png(tmp_path / "val" / "unlisted" / "0.png", np.zeros((8, 8, 3), np.uint8))
         x, y = load_dataset("imagefolder", tmp_path, train=train, image_size=8)
         assert x.shape == (len(y), 3, 8, 8) and x.dtype == torch.float32
         for img, label in zip(x, y.tolist()):
@@ -303,7 +303,7 @@ def test_imagefolder_labels_and_channels(tmp_path, with_list):
                 continue
             c = IMAGE_CLASSES.index(cls)  # the channel the writer lit for this class
             assert img[c, c, c + 1] == 1.0 and img.sum() == 1.0
-        counts = {cls: copies for cls in IMAGE_CLASSES} | {"unlisted": int(train)}
+        counts = {cls: copies for cls in IMAGE_CLASSES} | {"unlisted": 1}
         expected = [lab for lab, cls in enumerate(classes) for _ in range(counts[cls])]
         assert y.tolist() == expected
 
@@ -330,6 +330,20 @@ def test_imagefolder_errors(tmp_path):
         load_dataset("imagefolder", tmp_path)
     with pytest.raises(DatasetError, match="cannot be downloaded"):
         load_dataset("imagefolder", tmp_path, download=True)
+
+
+@pytest.mark.parametrize("with_list", [True, False])
+def test_an_empty_imagefolder_class_is_named_with_its_folder(tmp_path, with_list):
+    write_imagefolder(tmp_path, with_list)
+    cls = IMAGE_CLASSES[1]
+    for image in (tmp_path / "train" / cls).iterdir():
+        image.unlink()
+    (tmp_path / "train" / cls / "notes.txt").write_text("not an image")
+    listed = tmp_path / ("classes.txt" if with_list else "train")
+    with pytest.raises(DatasetError, match=re.escape(
+            f"class {cls!r} has no images (*.JPEG, *.jpg, *.png) in {tmp_path}/train/{cls}: "
+            f"add its images, or drop the class from {listed}")):
+        load_dataset("imagefolder", tmp_path)
 
 
 # --------------------------------------------------------------------------- download

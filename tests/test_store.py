@@ -136,6 +136,41 @@ def test_load_torch_refuses_pickled_code(tmp_path):
         store.load_torch(path)
     assert str(path) in str(err.value)
     assert "Foreign" in str(err.value)  # the cause names the refused class
+    assert "weights_only=False" not in str(err.value)  # never advise the unsafe load
+    assert "add_safe_globals" not in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_bad_intermediate_says_how_to_get_it_rebuilt(tmp_path):
+    path = tmp_path / "ckpt.pt"
+    path.write_bytes(b"PK\x03\x04 not really a zip")
+    with pytest.raises(CorruptFileError, match="ntkpipe verify --repair"):
+        store.load_torch(path)
+
+
+@pytest.mark.parametrize("failure", [
+    OSError(28, "No space left on device"),
+    RuntimeError("NetCDF: HDF error"),  # a library's own wording, on a disk with no space
+])
+def test_a_full_disk_is_one_line_naming_the_path(tmp_path, monkeypatch, failure):
+    import shutil
+    from collections import namedtuple
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda _: usage(10**9, 10**9, 1000))
+    target = tmp_path / "out" / "metrics.nc"
+    with pytest.raises(store.DiskFullError) as err:
+        with store.atomic_path(target) as tmp:
+            tmp.write_bytes(b"partial")
+            raise failure
+    message = str(err.value)
+    assert f"no space left on the device writing {target}" in message and "\n" not in message
+    assert _listing(tmp_path / "out") == []  # nothing half-written
+
+
+def test_other_failures_are_not_called_a_full_disk(tmp_path):
+    with pytest.raises(ValueError, match="a bug"):
+        with store.atomic_path(tmp_path / "x.nc"):
+            raise ValueError("a bug")
 
 
 # ---- NetCDF -------------------------------------------------------------------------------

@@ -2,6 +2,7 @@
 leftover temporaries), good ones left alone, and --repair removing exactly the bad ones."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -49,30 +50,50 @@ def truncate(path):
     path.write_bytes(data[: len(data) // 2])
 
 
-@pytest.mark.parametrize("damage, problem", [
-    (lambda r: truncate(r / "runs" / RUN / "phase1.pt"), "not a readable checkpoint"),
-    (lambda r: (r / "runs" / RUN / "phase1.pt").write_bytes(b""), "empty file"),
-    (lambda r: truncate(r / "runs" / RUN / SHIFT / "metrics.nc"), "not a readable NetCDF"),
-    (lambda r: truncate(r / "data/digits.npz"), "not a readable array file"),
-    (lambda r: (r / "figures/a.png").write_bytes(b"GIF89a"), "not a PNG image"),
-    (lambda r: (r / "scorecard.csv").write_text("a,b\n1\n"), "row 2 has another number"),
+P1, M = f"runs/{RUN}/phase1.pt", f"runs/{RUN}/{SHIFT}/metrics.nc"
+AGG = {"figures/a.png", "scorecard.csv"}  # built from every run
+
+
+@pytest.mark.parametrize("damage, problem, removed", [
+    (lambda r: truncate(r / P1), "not a readable checkpoint", {P1, M} | AGG),
+    (lambda r: (r / P1).write_bytes(b""), "empty file", {P1, M} | AGG),
+    (lambda r: truncate(r / M), "not a readable NetCDF", {M} | AGG),
+    (lambda r: truncate(r / "data/digits.npz"), "not a readable array file",
+     {"data/digits.npz", P1, M} | AGG),
+    (lambda r: (r / "figures/a.png").write_bytes(b"GIF89a"), "not a PNG image", AGG),
+    (lambda r: (r / "scorecard.csv").write_text("a,b\n1\n"), "row 2 has another number", AGG),
     (lambda r: (r / "runs" / RUN / ".phase1.pt.x1y2.tmp").write_bytes(b"12"),
-     "leftover temporary file"),
-    (lambda r: metrics_file(r / "runs" / RUN / SHIFT / "metrics.nc", drop=("accuracy_matrix",)),
-     "lacks accuracy_matrix"),
-    (lambda r: metrics_file(r / "runs" / RUN / SHIFT / "metrics.nc", run="dataset~digits/x"),
-     "its provenance names run 'dataset~digits/x'"),
+     "leftover temporary file", {f"runs/{RUN}/.phase1.pt.x1y2.tmp"}),
+    (lambda r: metrics_file(r / M, drop=("accuracy_matrix",)), "lacks accuracy_matrix", {M} | AGG),
+    (lambda r: metrics_file(r / M, run="dataset~digits/x"),
+     "its provenance names run 'dataset~digits/x'", {M} | AGG),
 ])
-def test_each_kind_of_damage_is_found_and_repaired(results, damage, problem):
+def test_each_kind_of_damage_is_found_and_repaired_with_what_was_built_from_it(
+        results, damage, problem, removed):
     damage(results)
     found = verify.verify(results)
     assert len(found) == 1 and problem in found[0].problem and not found[0].removed
-    kept = sorted(p for p in results.rglob("*") if p.is_file())
+    before = {str(p.relative_to(results)) for p in results.rglob("*") if p.is_file()}
     repaired = verify.verify(results, repair=True)
-    assert [f.path for f in repaired] == [found[0].path] and repaired[0].removed
-    after = sorted(p for p in results.rglob("*") if p.is_file())
-    assert after == [p for p in kept if str(p) != found[0].path]  # only the bad one went
+    assert repaired[0].path == found[0].path and all(f.removed for f in repaired)
+    assert {str(Path(f.path).relative_to(results)) for f in repaired} == removed
+    assert all(f.problem == f"built from {found[0].path}" for f in repaired[1:])
+    after = {str(p.relative_to(results)) for p in results.rglob("*") if p.is_file()}
+    assert after == before - removed
     assert verify.verify(results) == []
+
+
+def test_a_bad_split_takes_the_runs_trained_on_it(results):
+    split = results / "splits/dataset~digits/classes_per_task~5/seed~0/task1.npz"
+    store.save_arrays({"train_1": np.arange(3)}, split)
+    other = results / "runs/dataset~digits/width~16/seed~1/phase1.pt"
+    store.save_torch({"model": {}}, other)
+    run = "dataset~digits/classes_per_task~5/width~16/seed~0"
+    mine = results / "runs" / run / "phase1.pt"
+    store.save_torch({"model": {}}, mine)
+    truncate(split)
+    removed = {Path(f.path) for f in verify.verify(results, repair=True)}
+    assert split in removed and mine in removed and other not in removed
 
 
 def test_the_report_says_what_to_do(results):

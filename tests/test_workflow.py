@@ -570,3 +570,32 @@ def _write(workdir: Path, config: dict) -> Path:
     path = workdir / "config.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
+
+
+def test_verify_repair_rebuilds_exactly_a_corrupted_kernel_and_what_follows(tmp_path):
+    one = {**TINY, "sweeps": {"one": {"width": [16], "regime": ["feature"]}}}
+    assert snakemake(tmp_path, one).returncode == 0
+    ntk = next((tmp_path / "out/runs").rglob("ntk.nc"))
+    ntk.write_bytes(ntk.read_bytes()[:1000])  # truncated, and newer than metrics.nc
+    failed = snakemake(tmp_path, one)  # the stage reading it names it and the way out
+    assert failed.returncode != 0
+    assert f"{ntk.relative_to(tmp_path)}: not a readable NetCDF file" in failed.stderr
+    assert "`ntkpipe verify --repair` removes it" in failed.stderr
+
+    def verify(*flags):
+        return subprocess.run([str(Path(sys.executable).parent / "ntkpipe"), "verify",
+                               "--config", str(tmp_path / "config.yaml"), *flags],
+                              capture_output=True, text=True, cwd=tmp_path, timeout=300)
+
+    found = verify()
+    assert found.returncode == 1
+    assert found.stdout.splitlines()[0].startswith(f"out/runs/") and "ntk.nc: " in found.stdout
+    assert "1 bad" in found.stdout.splitlines()[-1]
+    assert verify("--repair").returncode == 0 and not ntk.exists()
+    dry = snakemake(tmp_path, one, "-n")
+    assert "Job stats:" in dry.stdout, dry.stdout[-2000:] + dry.stderr[-2000:]
+    plan = jobs(dry.stdout)
+    assert plan["extract_ntk"] == 1 and plan["metrics"] == 1
+    assert not {"train_phase1", "train_phase2", "prepare_data"} & set(plan)
+    assert snakemake(tmp_path, one).returncode == 0
+    assert verify().stdout.strip().endswith("all good")

@@ -244,6 +244,21 @@ def cmd_validate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_verify(args: argparse.Namespace) -> int:
+    from ntkpipe import verify
+
+    results = Path(args.results) if args.results else Path(ntkconfig.load(args.config)["results"])
+    if not results.is_dir():
+        raise SystemExit(f"ntkpipe: {results} does not exist yet; run the workflow first")
+    checked = verify.count_files(results)
+    findings = verify.verify(results, repair=args.repair)
+    if args.json:
+        print(_json(verify.as_json(findings, checked)))
+    else:
+        print("\n".join(verify.report(findings, checked, args.repair)))
+    return 1 if findings and not args.repair else 0
+
+
 def cmd_scorecard(args: argparse.Namespace) -> int:
     import csv
 
@@ -317,6 +332,12 @@ def parser() -> argparse.ArgumentParser:
                            "run, its run/shift path under results/runs, or a metrics.nc file")
     add("summary", cmd_summary, "dimensions and variables of results/summary/metrics.nc")
     add("validate", cmd_validate, "check a config and count its runs")
+    check = add("verify", cmd_verify, "check every output under results/ (it loads, holds its "
+                "variables, its provenance matches its path); --repair removes the bad ones")
+    check.add_argument("--repair", action="store_true",
+                       help="remove each bad file, so that the next snakemake run rebuilds it "
+                            "and what depends on it")
+    check.add_argument("--results", help="the results directory (default: the config's)")
     card = add("scorecard", cmd_scorecard, "the published claims checked on the results")
     card.add_argument("--notes", action="store_true", help="print each row's note under it")
     return top

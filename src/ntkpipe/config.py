@@ -75,9 +75,9 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
     """A validated copy of `config` with every default filled in; raises ConfigError."""
     if not isinstance(config, dict):
         raise ConfigError(f"the config must be a mapping, got {type(config).__name__}")
-    full = copy.deepcopy(config)
-    _check_finite(full)
     sch = schema()
+    full = _coerce(copy.deepcopy(config), sch, sch)
+    _check_finite(full)
     _fill_defaults(full, sch, sch)
     validator = jsonschema.Draft202012Validator(sch)
     errors = sorted(validator.iter_errors(full), key=lambda e: (len(e.absolute_path), e.path))
@@ -88,6 +88,47 @@ def validate(config: dict[str, Any]) -> dict[str, Any]:
         raise ConfigError(_message(error))
     _check_semantics(full)
     return canonical(full, sch, sch)
+
+
+def _object_schema(node_schema: dict[str, Any], root: dict) -> dict[str, Any]:
+    """The branch of a (sub)schema that describes a mapping (through oneOf/anyOf)."""
+    node_schema = _resolve(node_schema, root)
+    if "properties" in node_schema or "additionalProperties" in node_schema:
+        return node_schema
+    for option in node_schema.get("oneOf", []) + node_schema.get("anyOf", []):
+        found = _object_schema(option, root)
+        if found:
+            return found
+    return {}
+
+
+def _coerce(value: Any, node_schema: dict[str, Any], root: dict) -> Any:
+    """`value` with every string that stands where the schema admits no string read as YAML:
+    `snakemake --config 'probe={size: 20}'` hands over {'size': '20'}, which is meant as 20."""
+    node_schema = _resolve(node_schema, root)
+    if isinstance(value, str):
+        types = _types(node_schema, root)
+        if not types or "string" in types:
+            return value
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value  # the schema names the key and what it expects
+        if isinstance(parsed, str) or parsed is None and "null" not in types:
+            return value
+        value = parsed
+    if isinstance(value, dict):
+        branch = _object_schema(node_schema, root)
+        props = branch.get("properties", {})
+        extra = branch.get("additionalProperties")
+        extra = extra if isinstance(extra, dict) else {}
+        return {k: _coerce(v, props.get(k, extra), root) for k, v in value.items()}
+    if isinstance(value, list):
+        items = {}
+        for option in [node_schema] + node_schema.get("oneOf", []) + node_schema.get("anyOf", []):
+            items = items or _resolve(option, root).get("items", {})
+        return [_coerce(v, items, root) for v in value]
+    return value
 
 
 def _check_finite(node: Any, path: tuple = ()) -> None:
@@ -333,7 +374,10 @@ def load(path: str | Path, overrides: dict[str, Any] | None = None) -> dict[str,
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist") from None
     except yaml.YAMLError as err:
-        raise ConfigError(f"config file {path} is not valid YAML: {err}") from None
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+        raise ConfigError(f"config file {path} is not valid YAML{where}: {problem}") from None
     config.update(overrides or {})
     return validate(config)
 

@@ -365,8 +365,14 @@ def _load_imagefolder(root: Path, train: bool, size: int) -> tuple[torch.Tensor,
         cls_dir = split_dir / cls
         if not cls_dir.is_dir():
             raise _missing("imagefolder", f"class folder {cls_dir}", root)
-        files += [(p, label) for p in sorted(cls_dir.iterdir())
-                  if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES]
+        found = [(p, label) for p in sorted(cls_dir.iterdir())
+                 if p.is_file() and p.suffix.lower() in _IMAGE_SUFFIXES]
+        if not found:
+            listed = root / "classes.txt"
+            raise DatasetError(f"class {cls!r} has no images (*.JPEG, *.jpg, *.png) in "
+                               f"{cls_dir}: add its images, or drop the class from "
+                               f"{listed if listed.is_file() else root / 'train'}")
+        files += found
     if not files:
         raise _missing("imagefolder", f"images (*.JPEG, *.jpg, *.png) under {split_dir}/<class>/",
                        root)

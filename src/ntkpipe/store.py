@@ -3,8 +3,11 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
+import re
+import shutil
 import subprocess
 import tempfile
 import zipfile
@@ -19,6 +22,15 @@ CONVENTIONS = "CF-1.10"
 
 class CorruptFileError(InputError, RuntimeError):
     """An input file is missing, truncated or not what it should be; the message names it."""
+
+
+class DiskFullError(InputError, OSError):
+    """No space left (or quota exceeded) while writing an output; the message names it."""
+
+
+# what a stage reading a bad intermediate tells the user to do
+REPAIR = ("; `ntkpipe verify --repair` removes it (and any other bad output) and the next run "
+          "rebuilds it")
 
 
 def _umask() -> int:
@@ -39,8 +51,37 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; outputs follow the umask
         os.replace(tmp_path, path)
+    except Exception as err:
+        if _disk_full(err, path.parent):
+            raise DiskFullError(f"no space left on the device writing {path} "
+                                f"({_free(path.parent)} free): free space there or set "
+                                "'results' to a larger disk") from None
+        raise
     finally:
         tmp_path.unlink(missing_ok=True)
+
+
+def _disk_full(err: BaseException, where: Path) -> bool:
+    """Whether a failed write ran out of space: ENOSPC/EDQUOT anywhere in its chain, or a
+    library's own error (netCDF's HDF error, torch's "file write failed") on a full disk."""
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, OSError) and seen.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left" in str(seen):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    try:
+        return shutil.disk_usage(where).free < 1 << 20
+    except OSError:
+        return False
+
+
+def _free(where: Path) -> str:
+    try:
+        return f"{shutil.disk_usage(where).free / 2**20:.1f} MiB"
+    except OSError:
+        return "unknown space"
 
 
 def save_torch(obj: Any, path: str | Path) -> None:
@@ -66,8 +107,15 @@ def load_torch(path: str | Path) -> Any:
         return torch.load(path, map_location="cpu", weights_only=True)
     except (RuntimeError, EOFError, zipfile.BadZipFile, ValueError, OSError) as err:
         raise CorruptFileError(f"{path}: not a readable checkpoint (truncated or corrupted?): "
-                               f"{_first_line(err)}") from None
+                               f"{_first_line(err)}{REPAIR}") from None
     except Exception as err:  # weights_only refuses pickled code: name the file and the cause
+        blocked = re.search(r"Unsupported global: GLOBAL ([\w.]+)", str(err))
+        if blocked:
+            raise CorruptFileError(
+                f"{path}: refused to load: it holds the Python object {blocked.group(1)}, and "
+                "ntkpipe loads checkpoints with weights_only=True (tensors and plain "
+                "containers only; ntkpipe never writes anything else). If the file is not "
+                "ntkpipe's, move it away and rerun") from None
         raise CorruptFileError(f"{path}: refused to load ({type(err).__name__}: "
                                f"{_first_line(err)})") from None
 
@@ -106,7 +154,7 @@ def load_arrays(path: str | Path) -> tuple[dict[str, Any], dict[str, Any]]:
         meta = json.loads(str(arrays.pop(_META))) if _META in arrays else {}
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as err:
         raise CorruptFileError(f"{path}: not a readable array file (truncated or corrupted?): "
-                               f"{_first_line(err)}") from None
+                               f"{_first_line(err)}{REPAIR}") from None
     return arrays, meta
 
 
@@ -130,8 +178,9 @@ def open_netcdf(path: str | Path) -> Any:
         with xr.open_dataset(path, engine="netcdf4") as ds:
             return ds.load()
     except (OSError, ValueError, RuntimeError) as err:
+        cause = err.strerror if isinstance(err, OSError) and err.strerror else _first_line(err)
         raise CorruptFileError(f"{path}: not a readable NetCDF file (truncated or corrupted?): "
-                               f"{err}") from None
+                               f"{cause}{REPAIR}") from None
 
 
 def git_commit(directory: str | Path | None = None) -> str:

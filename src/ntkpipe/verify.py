@@ -105,7 +105,7 @@ def check_file(path: Path, results: Path) -> str | None:
             json.loads(path.read_text())
             return None
     except store.CorruptFileError as err:
-        return str(err).split(": ", 1)[-1]
+        return str(err).split(": ", 1)[-1].replace(store.REPAIR, "")
     except (OSError, ValueError, UnicodeDecodeError) as err:
         return f"not readable: {err}"
     return None
@@ -118,19 +118,75 @@ def _files(results: Path) -> Iterator[Path]:
             yield path
 
 
+# What each per-run output is built from, within its run's folder (a file rebuilt makes these
+# stale): the phase-1 outputs feed everything of the run, phase 2 its shift's kernels.
+_RUN_LEVEL = {"phase1.pt", "phase1_snapshots.pt"}
+_SHIFT_LEVEL = {"phase2.pt", "phase2_snapshots.pt"}
+_AGGREGATES = ("summary", "scorecard", "scorecard.csv", "figures", "selections")
+
+
+def _split_of(run: str) -> dict[str, str]:
+    """The dataset, classes_per_task and seed segments of a run id."""
+    parts = dict(p.split("~", 1) for p in run.split("/") if "~" in p)
+    return {k: parts.get(k, "") for k in ("dataset", "classes_per_task", "seed")}
+
+
+def dependents(path: Path, results: Path) -> list[Path]:
+    """The outputs under `results` built from `path` (directly or not), `path` excluded:
+    removing them with it makes Snakemake rebuild the whole chain (it leaves a missing
+    intermediate alone while what was built from it still exists)."""
+    name, out = path.name, []
+    if _TEMPORARY.match(name) or name.endswith(".resume"):
+        return []  # not an input of anything
+    runs = results / "runs"
+    rel = path.relative_to(results).parts
+    if rel[0] == "data":
+        dataset = name[:-len(".npz")]
+        out += [p for p in (results / "splits").glob(f"dataset~{dataset}/**/*") if p.is_file()]
+        out += [p for p in runs.glob(f"dataset~{dataset}/**/*") if p.is_file()]
+    elif rel[0] == "splits":
+        segments = [s for s in rel[1:-1]]
+        split = dict(s.split("~", 1) for s in segments if "~" in s)
+        shift = "/".join(s for s in segments if s.split("~")[0] in
+                         ("shift", "shared_classes", "alpha", "n_tasks"))
+        for run_file in (p for p in runs.rglob("*") if p.is_file()):
+            wild = _wildcards(run_file, results)
+            if _split_of(wild["run"]) != {k: split.get(k, "") for k in _split_of("")}:
+                continue
+            if name == "task1.npz" or wild.get("shift") == shift:
+                out.append(run_file)
+    elif rel[0] == "runs":
+        folder = path.parent
+        if name in _RUN_LEVEL:
+            out += [p for p in folder.rglob("*") if p.is_file() and p.name not in _RUN_LEVEL]
+        elif name in _SHIFT_LEVEL:
+            out += [p for p in folder.rglob("*") if p.is_file() and p.name not in _SHIFT_LEVEL]
+        elif name == "ntk.nc":
+            out += [p for p in (folder / "metrics.nc",) if p.is_file()]
+    for top in _AGGREGATES:  # summary, scorecard, figures: built from every run
+        target = results / top
+        out += [target] if target.is_file() else [p for p in target.rglob("*") if p.is_file()]
+    return sorted(set(out) - {path})
+
+
 def verify(results: str | Path, repair: bool = False) -> list[Finding]:
-    """Every bad file under `results`; with `repair`, each removed."""
+    """Every bad file under `results`; with `repair`, each removed together with the outputs
+    built from it (listed as findings of their own), so the next run rebuilds exactly those."""
     results = Path(results)
-    findings = []
-    for path in _files(results):
-        problem = check_file(path, results)
-        if problem is None:
-            continue
-        finding = Finding(str(path), problem)
-        if repair:
-            path.unlink(missing_ok=True)
-            finding.removed = True
-        findings.append(finding)
+    findings = [Finding(str(path), problem) for path in _files(results)
+                if (problem := check_file(path, results)) is not None]
+    if not repair:
+        return findings
+    bad = {f.path for f in findings}
+    stale: dict[str, str] = {}
+    for finding in findings:
+        for dependent in dependents(Path(finding.path), results):
+            if str(dependent) not in bad:
+                stale.setdefault(str(dependent), f"built from {finding.path}")
+    findings += [Finding(path, problem) for path, problem in sorted(stale.items())]
+    for finding in findings:
+        Path(finding.path).unlink(missing_ok=True)
+        finding.removed = True
     return findings
 
 
@@ -140,8 +196,10 @@ def report(findings: list[Finding], checked: int, repair: bool) -> list[str]:
     if not findings:
         lines.append(f"{checked} files checked: all good")
     elif repair:
-        lines.append(f"{checked} files checked: {len(findings)} bad, removed; run snakemake "
-                     "again to rebuild them and what depends on them")
+        built = sum(f.problem.startswith("built from ") for f in findings)
+        lines.append(f"{checked} files checked: {len(findings) - built} bad, removed with the "
+                     f"{built} outputs built from them; the next snakemake run rebuilds exactly "
+                     "those")
     else:
         lines.append(f"{checked} files checked: {len(findings)} bad; `ntkpipe verify --repair` "
                      "removes them so that the next snakemake run rebuilds them")
