@@ -25,3 +25,4 @@ rule all:
         summary=SUMMARY,
         figures=FIGURES,
         scorecard=f"{OUT}/scorecard.csv",
+        report=f"{OUT}/report.html",

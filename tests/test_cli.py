@@ -93,3 +93,31 @@ def test_scorecard_text_fits_100_columns_with_notes_and_a_tally():
     assert lines[1].strip().startswith("n n")  # the note under its row
     assert lines[-1] == "all: 2 claims — 1 true, 1 untested"
     assert "n n" not in cli.scorecard_text(rows)
+
+
+def test_the_snakemake_plan_is_remembered_until_the_config_code_or_outputs_change(
+        config, tmp_path, monkeypatch):
+    calls = []
+
+    def plan(config_path, snakefile):
+        calls.append(config_path)
+        return {}
+
+    monkeypatch.setattr(cli, "snakemake_plan", plan)
+    snakefile = tmp_path / "Snakefile"
+    snakefile.write_text("")
+    results = tmp_path / "out"
+    results.mkdir()
+    assert cli.cached_plan(config, snakefile, results) == {} and len(calls) == 1
+    assert cli.cached_plan(config, snakefile, results) == {} and len(calls) == 1  # remembered
+    (results / "runs").mkdir()
+    (results / "runs" / "new.nc").write_bytes(b"x")  # an output appeared
+    cli.cached_plan(config, snakefile, results)
+    assert len(calls) == 2
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump({**CONFIG, "probe": {"size": 9}}))
+    cli.cached_plan(config, snakefile, results)
+    assert len(calls) == 3
+    (results / "logs").mkdir()
+    (results / "logs" / "a.log").write_text("logs are not outputs")
+    cli.cached_plan(config, snakefile, results)
+    assert len(calls) == 3

@@ -252,6 +252,27 @@ def test_report_declares_every_figure(workflow):
         assert name in html
 
 
+def test_the_report_page_shows_the_scorecard_table_and_every_figure_with_its_caption(workflow):
+    import base64
+    import csv
+
+    from ntkpipe.figures import png_provenance
+
+    page = (workflow / "out/report.html").read_text()
+    with open(workflow / "out/scorecard.csv", newline="") as handle:
+        rows = list(csv.DictReader(handle))
+    assert page.count("<tr><td class='v ") == len(rows)
+    assert f"{len(rows)} claims: " in page
+    for png in sorted((workflow / "out/figures").glob("*.png")):
+        data = base64.b64encode(png.read_bytes()).decode()
+        assert f"src='data:image/png;base64,{data}'" in page  # the very file, at full size
+        assert f"<figcaption><b>{png.stem}</b>" in page
+        stamp = png_provenance(png)
+        assert stamp["figure"] == png.stem and stamp["git_commit"] and stamp["config_json"]
+    sidecar = json.loads((workflow / "out/scorecard.provenance.json").read_text())
+    assert sidecar["file"] == "scorecard.csv" and "ntkpipe_version" in sidecar
+
+
 def test_example_script_runs_on_the_summary(workflow, tmp_path):
     png = tmp_path / "v.png"
     out = subprocess.run([sys.executable, str(REPO / "examples/inspect_results.py"),

@@ -65,9 +65,10 @@ def snakemake_plan(config_path: str, snakefile: Path) -> dict[str, str] | None:
     return {row[0]: row[-1] for row in rows if len(row) >= 6}
 
 
-def run_status(results: Path, run: str, shift: str,
-               plan: dict[str, str] | None = None) -> dict[str, Any]:
-    """Status and final accuracies of one run from its files (and Snakemake's plan)."""
+def run_status(results: Path, run: str, shift: str, plan: dict[str, str] | None = None,
+               cache: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Status and final accuracies of one run from its files (and Snakemake's plan); `cache`
+    holds what earlier calls read from unchanged metrics files."""
     base = results / "runs" / run
     metrics_path = base / shift / "metrics.nc"
     upstream = [base / "phase1.pt", base / shift / "phase2.pt", base / shift / "ntk.nc"]
@@ -80,9 +81,26 @@ def run_status(results: Path, run: str, shift: str,
     else:  # no Snakefile at hand: compare modification times
         newest = max((p.stat().st_mtime for p in upstream if p.is_file()), default=0.0)
         info["status"] = "stale" if newest > metrics_path.stat().st_mtime else "done"
+    stat = metrics_path.stat()
+    stamp = [stat.st_mtime_ns, stat.st_size]
+    entry = (cache or {}).get(str(metrics_path))
+    if entry is None or entry["stamp"] != stamp:
+        entry = {"stamp": stamp, "info": _metrics_info(metrics_path)}
+        if cache is not None:
+            cache[str(metrics_path)] = entry
+    found = dict(entry["info"])
+    if found.pop("status", None) is not None:  # diverged, failed to learn: beats done/stale
+        info["status"] = entry["info"]["status"]
+    info.update(found)
+    return info
+
+
+def _metrics_info(path: Path) -> dict[str, Any]:
+    """What `ntkpipe runs` shows of one metrics.nc (its status only where it is not ok)."""
     from ntkpipe import store
 
-    ds = store.open_netcdf(metrics_path)
+    ds = store.open_netcdf(path)
+    info: dict[str, Any] = {}
     if int(ds["diverged_step"]) >= 0:
         info["status"] = "diverged"
         info["diverged_step"] = int(ds["diverged_step"])
@@ -96,7 +114,62 @@ def run_status(results: Path, run: str, shift: str,
     for name in ("backward_transfer", "forgetting"):  # null for a single task (and old files)
         value = float(ds[name]) if name in ds else float("nan")
         info[name] = round(value, 4) if np.isfinite(value) else None
-    return info
+    return jsonable(info)
+
+
+def _workflow_state(config_path: str, snakefile: Path, results: Path) -> str:
+    """A digest of what Snakemake's plan depends on: the config file, the workflow's and the
+    package's source, and every output's size and modification time."""
+    import hashlib
+
+    import ntkpipe
+
+    digest = hashlib.sha256(Path(config_path).read_bytes())
+    roots = [snakefile.parent / "workflow", Path(ntkpipe.__file__).parent]
+    files = [snakefile] + [p for root in roots if root.is_dir() for p in sorted(root.rglob("*"))
+                           if p.suffix in (".py", ".smk", ".yaml", ".rst")]
+    skip = {"logs", "benchmarks", ".cache", ".checks", "selections"}
+    if results.is_dir():
+        files += [p for p in sorted(results.rglob("*"))
+                  if not set(p.relative_to(results).parts[:1]) & skip]
+    for path in files:
+        try:
+            stat = path.stat()
+        except OSError:
+            continue
+        digest.update(f"{path}\0{stat.st_size}\0{stat.st_mtime_ns}\n".encode())
+    return digest.hexdigest()
+
+
+def _load_cache(path: Path) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+
+
+def _save_cache(path: Path, value: dict[str, Any]) -> None:
+    from ntkpipe import store
+
+    try:
+        with store.atomic_path(path) as tmp:
+            Path(tmp).write_text(json.dumps(value))
+    except OSError:
+        pass  # a read-only results tree: answer without remembering
+
+
+def cached_plan(config_path: str, snakefile: Path, results: Path) -> dict[str, str] | None:
+    """`snakemake_plan`, remembered under results/.cache until the config, the code or any
+    output changes (Snakemake's --summary takes seconds; a repeated `ntkpipe runs` need not)."""
+    state = _workflow_state(config_path, snakefile, results)
+    path = results / ".cache" / "plan.json"
+    cached = _load_cache(path)
+    if cached.get("state") == state:
+        return cached["plan"]
+    plan = snakemake_plan(config_path, snakefile)
+    if plan is not None and results.is_dir():
+        _save_cache(path, {"state": state, "plan": plan})
+    return plan
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -105,15 +178,20 @@ def cmd_runs(args: argparse.Namespace) -> int:
     points = sweep.all_points(cfg)
     varying = [k for k in sweep.SWEEP_KEYS if len({p[k] for p in points}) > 1]
     snakefile = Path(args.snakefile)
-    plan = snakemake_plan(args.config, snakefile) if snakefile.is_file() else None
+    plan = cached_plan(args.config, snakefile, results) if snakefile.is_file() else None
     try:
         points = sweep.select(points, args.select)
     except ValueError as err:
         raise SystemExit(f"ntkpipe: {err}") from None
+    cache_path = results / ".cache" / "runs.json"
+    cache = _load_cache(cache_path)
+    before = len(cache), json.dumps(cache, sort_keys=True)
     rows = []
     for point in points:
-        info = run_status(results, sweep.run_id(point), sweep.shift_id(point), plan)
+        info = run_status(results, sweep.run_id(point), sweep.shift_id(point), plan, cache)
         rows.append({"id": sweep.short_id(point), **{k: point[k] for k in varying}, **info})
+    if results.is_dir() and (len(cache), json.dumps(cache, sort_keys=True)) != before:
+        _save_cache(cache_path, cache)
     if args.status:
         rows = [r for r in rows if r["status"] == args.status]
     columns = ["id"] + varying + ["status", "final_accuracy"]

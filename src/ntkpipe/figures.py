@@ -94,11 +94,15 @@ def boundary_axis(ax: Any) -> None:
     ax.set_xlabel("steps since task boundary")
 
 
+# high enough that a figure fitted to half a screen keeps readable tick labels
+DPI = 160
+
+
 def finish(fig: Any, title: str, path: str | Path) -> None:
     """Title, tight layout, save and close."""
     fig.suptitle(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=DPI)
     pyplot().close(fig)
 
 
@@ -165,9 +169,10 @@ def style_legend(ax: Any, styles: dict[str, str], lines: bool = True, **kw: Any)
     ax.legend(handles, labels + list(styles), fontsize=7, **kw)
 
 
-def draw(study: Any, ds: Any, outputs: list[str | Path]) -> None:
+def draw(study: Any, ds: Any, outputs: list[str | Path],
+         provenance: dict[str, str] | None = None) -> None:
     """Draw each requested figure of `study` (its file name names it) atomically from `ds`,
-    the summary merged with the study's measures."""
+    the summary merged with the study's measures, with `provenance` in its PNG text chunks."""
     from ntkpipe import store
 
     names = [f.name for f in study.figures]
@@ -178,5 +183,29 @@ def draw(study: Any, ds: Any, outputs: list[str | Path]) -> None:
     for out in outputs:
         figure = study.figure(Path(out).stem)
         with store.atomic_path(out) as tmp:
-            figure.draw(ds, tmp.with_suffix(".png"))
-            tmp.with_suffix(".png").replace(tmp)
+            png = tmp.with_suffix(".png")
+            figure.draw(ds, png)
+            if provenance:
+                stamp_png(png, {**provenance, "figure": figure.name, "study": study.name})
+            png.replace(tmp)
+
+
+def stamp_png(path: str | Path, provenance: dict[str, str]) -> None:
+    """Rewrite a PNG with `provenance` as iTXt chunks named `ntkpipe:<key>` (pixels kept)."""
+    from PIL import Image
+    from PIL.PngImagePlugin import PngInfo
+
+    info = PngInfo()
+    for key, value in sorted(provenance.items()):
+        info.add_itxt(f"ntkpipe:{key}", str(value))
+    with Image.open(path) as image:
+        image.load()
+    image.save(path, format="PNG", pnginfo=info)
+
+
+def png_provenance(path: str | Path) -> dict[str, str]:
+    """The `ntkpipe:` text chunks of a PNG drawn by `draw`."""
+    from PIL import Image
+
+    with Image.open(path) as image:
+        return {k.split(":", 1)[1]: v for k, v in image.text.items() if k.startswith("ntkpipe:")}

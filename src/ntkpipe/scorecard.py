@@ -258,8 +258,13 @@ def read(path: str | Path) -> list[dict[str, str]]:
         return list(csv.DictReader(handle))
 
 
-def combine(paths: list[str | Path], out: str | Path) -> None:
-    """The studies' scorecards, in the given order, as one CSV (atomically)."""
+def combine(paths: list[str | Path], out: str | Path, *,
+            provenance: dict[str, str] | None = None,
+            sidecar: str | Path | None = None) -> None:
+    """The studies' scorecards, in the given order, as one CSV (atomically), and its
+    provenance as JSON in `sidecar` (a CSV has no place for attributes)."""
+    import json
+
     from ntkpipe import store
 
     with store.atomic_path(out) as tmp, open(tmp, "w", newline="") as handle:
@@ -267,3 +272,7 @@ def combine(paths: list[str | Path], out: str | Path) -> None:
         writer.writeheader()
         for path in paths:
             writer.writerows(read(path))
+    if sidecar is not None:
+        with store.atomic_path(sidecar) as tmp:
+            Path(tmp).write_text(json.dumps({"file": Path(out).name, **(provenance or {})},
+                                            sort_keys=True, indent=1) + "\n")

@@ -46,7 +46,8 @@ rule scorecard:
     input:
         [f"{OUT}/scorecard/{study.name}.csv" for study in STUDIES],
     output:
-        report(f"{OUT}/scorecard.csv", caption="../report/scorecard.rst", category="Scorecard"),
+        csv=report(f"{OUT}/scorecard.csv", caption="../report/scorecard.rst", category="Scorecard"),
+        provenance=f"{OUT}/scorecard.provenance.json",
     log:
         f"{OUT}/logs/scorecard.log",
     localrule: True
@@ -88,3 +89,32 @@ for _study in STUDIES:
             code=study_code(_study.name),
         script:
             "../scripts/figures.py"
+
+
+rule report_page:
+    """One page to read the results: the scorecard as a table, every figure at full width with
+    its caption under it."""
+    input:
+        scorecard=f"{OUT}/scorecard.csv",
+        figures=FIGURES,
+        captions=sorted(
+            {
+                study.caption_path(study.figure(name))
+                for study in STUDIES
+                for name in STUDY_FIGURES[study.name]
+            }
+        ),
+    output:
+        f"{OUT}/report.html",
+    log:
+        f"{OUT}/logs/report_page.log",
+    localrule: True
+    conda:
+        CONDA_ENV
+    params:
+        studies=[STUDY_SPECS[study.name] for study in STUDIES],
+        figures={study.name: STUDY_FIGURES[study.name] for study in STUDIES},
+        title=f"ntkpipe results: {', '.join(ntksweep.active_sweeps(config))}",
+        code=ntksmk.code_hash("ntkpipe.report"),
+    script:
+        "../scripts/report_page.py"

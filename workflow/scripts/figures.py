@@ -3,4 +3,5 @@ from ntkpipe import smk, stages
 
 log, provenance = smk.setup(snakemake)
 stages.study_figures(snakemake.params.study, snakemake.input.summary,
-                     snakemake.input.get("measures"), list(snakemake.output))
+                     snakemake.input.get("measures"), list(snakemake.output),
+                     provenance=provenance)

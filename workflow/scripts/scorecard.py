@@ -2,4 +2,5 @@
 from ntkpipe import scorecard, smk
 
 log, provenance = smk.setup(snakemake)
-scorecard.combine(list(snakemake.input), snakemake.output[0])
+scorecard.combine(list(snakemake.input), snakemake.output.csv, provenance=provenance,
+                  sidecar=snakemake.output.provenance)

@@ -49,9 +49,9 @@ def study_scorecard(spec: str, summary_path: str | Path, measures_path: str | Pa
 
 
 def study_figures(spec: str, summary_path: str | Path, measures_path: str | Path | None,
-                  outputs: list[str | Path]) -> None:
-    """A study's figures named by `outputs` (their file names)."""
+                  outputs: list[str | Path], provenance: dict[str, str] | None = None) -> None:
+    """A study's figures named by `outputs` (their file names), `provenance` in each PNG."""
     from ntkpipe import figures
     from ntkpipe.studies import load
 
-    figures.draw(load(spec), merged(summary_path, measures_path), outputs)
+    figures.draw(load(spec), merged(summary_path, measures_path), outputs, provenance)
