@@ -21,7 +21,8 @@ RUN = {"dataset": "digits", "classes_per_task": 3, "arch": "mlp", "depth": 1,
        "activation": "tanh", "optimizer": "gd", "loss": "mse", "target": "labels",
        "batch_size": "full", "epochs": "auto",
        "regime": "feature", "width": 8, "lr": 0.05, "seed": 3}
-POINT = {**RUN, "shift": "conceptual", "shared_classes": 0, "alpha": 0.0, "n_tasks": 1}
+POINT = {**RUN, "shift": "conceptual", "shared_classes": 0, "alpha": 0.0, "n_tasks": 1,
+         "strategy": "finetune"}
 IDS = (sweep.run_id(POINT), sweep.shift_id(POINT))
 PROV = {"wildcards_json": json.dumps({"run": IDS[0], "shift": IDS[1]})}
 MODEL = {"bias": True, "bias_std": 0.1}

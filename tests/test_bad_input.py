@@ -71,6 +71,14 @@ CONFIGS = [
     ("results is a file", {"results": "afile"}, "which is an existing file"),
     ("unknown arch", {"model": {"arch": "resnet50"}}, "'model.arch' is 'resnet50', which is "
      "neither built-in"),
+    ("a replay buffer beyond the earlier data", {"continual": {"replay": {"buffer_size": 5000}},
+                                                 "sweeps": {"w": {"strategy": ["replay"]}}},
+     "'continual.replay.buffer_size' is 5000, larger than the earlier tasks' data: in sweep "
+     "'w' task 1 has 602 training samples"),
+    ("EWC on a single-task run", {"sweeps": {"w": {"strategy": ["ewc"], "n_tasks": [1]}}},
+     "'sweeps.w.strategy' is ewc, which acts from task 2 on, but the sweep has n_tasks 1"),
+    ("a strategy that does not exist", {"sweeps": {"w": {"strategy": ["si"]}}},
+     "'sweeps.w.strategy[0]' is 'si'; allowed: finetune, replay, ewc, lwf"),
     ("unresolvable factory", {"models": {"net": {"factory": "nopkg.nets:make"}},
                               "model": {"arch": "net"}}, "does not import"),
 ]

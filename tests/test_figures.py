@@ -21,7 +21,7 @@ BASE = {"dataset": "digits", "classes_per_task": 5, "arch": "mlp", "depth": 2,
         "activation": "relu", "optimizer": "sgd", "loss": "cross_entropy", "target": "labels",
         "epochs": "auto", "batch_size": 64,
         "regime": "lazy", "width": 64, "lr": 0.1, "seed": 0, "shift": "conceptual",
-        "shared_classes": 0, "alpha": 0.0, "n_tasks": 2}
+        "shared_classes": 0, "alpha": 0.0, "n_tasks": 2, "strategy": "finetune"}
 
 
 def fake(point, diverged=-1, boundaries=1):

@@ -88,4 +88,4 @@ def _shift_id() -> str:
     from ntkpipe import sweep
 
     return sweep.shift_id({"shift": "conceptual", "shared_classes": 1, "alpha": 0.0,
-                           "n_tasks": 2})
+                           "n_tasks": 2, "strategy": "finetune"})

@@ -15,7 +15,7 @@ BASE = {"dataset": "digits", "classes_per_task": 5, "arch": "mlp", "depth": 2,
         "activation": "relu", "optimizer": "sgd", "loss": "cross_entropy", "target": "labels",
         "epochs": "auto", "batch_size": 64,
         "regime": "lazy", "width": 64, "lr": 0.1, "seed": 0, "shift": "conceptual",
-        "shared_classes": 0, "alpha": 0.0, "n_tasks": 2}
+        "shared_classes": 0, "alpha": 0.0, "n_tasks": 2, "strategy": "finetune"}
 PROBES = [0, 1]
 TASKS = [1, 2]
 
@@ -313,18 +313,20 @@ def test_ids_round_trip():
                    "epochs~auto/regime~lazy/width~64/lr~0.003/seed~0")
     fixed = {**point, "epochs": 300, "target": "teacher"}
     assert sweep.parse_id(sweep.run_id(fixed), PHASE1_KEYS)["epochs"] == 300
-    assert sid == "shift~frequency/shared_classes~5/alpha~0.25/n_tasks~2"
+    assert sid == "shift~frequency/shared_classes~5/alpha~0.25/n_tasks~2/strategy~finetune"
+    assert sweep.tasks_id(sid) == "shift~frequency/shared_classes~5/alpha~0.25/n_tasks~2"
     assert sweep.parse_id(rid, PHASE1_KEYS) == {k: point[k] for k in PHASE1_KEYS}
     assert sweep.parse_id(sid, SHIFT_KEYS) == {k: point[k] for k in SHIFT_KEYS}
     assert sweep.split_id(point) == "dataset~digits/classes_per_task~5/seed~0"
 
 
 @pytest.mark.parametrize("text, match", [
-    ("shift~conceptual/shared_classes~0/alpha~0.0", "3 segments, expected 4"),
-    ("shift~conceptual/shared_classes~0/alpha~0.0/n_tasks~2/x~1", "5 segments"),
-    ("shift~conceptual/shared~0/alpha~0.0/n_tasks~2", "'shared_classes~<value>'"),
-    ("shift~conceptual/shared_classes=0/alpha~0.0/n_tasks~2", "should be 'shared_classes~"),
-    ("alpha~0.0/shift~conceptual/shared_classes~0/n_tasks~2", "should be 'shift~"),
+    ("shift~conceptual/shared_classes~0/alpha~0.0/n_tasks~2", "4 segments, expected 5"),
+    ("shift~conceptual/shared_classes~0/alpha~0.0/n_tasks~2/strategy~ewc/x~1", "6 segments"),
+    ("shift~conceptual/shared~0/alpha~0.0/n_tasks~2/strategy~ewc", "'shared_classes~<value>'"),
+    ("shift~conceptual/shared_classes=0/alpha~0.0/n_tasks~2/strategy~ewc",
+     "should be 'shared_classes~"),
+    ("alpha~0.0/shift~conceptual/shared_classes~0/n_tasks~2/strategy~ewc", "should be 'shift~"),
 ])
 def test_parse_id_errors(text, match):
     with pytest.raises(ValueError, match=match):

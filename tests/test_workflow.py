@@ -231,7 +231,7 @@ def test_adding_a_width_runs_only_that_width(workflow):
     plan = jobs(out.stdout)
     assert plan == {"train_phase1": 2, "train_phase2": 2, "extract_ntk": 2, "metrics": 2,
                     "collect": 1, "study_measures": 3, "study_scorecard": 3,
-                    "figures_reactivation": 1, "scorecard": 1, "all": 1}
+                    "figures_reactivation": 1, "scorecard": 1, "report_page": 1, "all": 1}
     assert "width~16" not in out.stdout.split("rule train_phase1")[1].split("\n\n")[0]
 
 
@@ -456,7 +456,7 @@ def test_own_study_adds_its_row_and_figure_and_reruns_nothing_else(workflow, tmp
     config = {**TINY, "studies": [*studies.BUILTIN, str(module)]}
     plan = jobs(snakemake(workflow, config, "--dry-run").stdout)
     own = {"study_measures": 1, "study_scorecard": 1, "figures_forgetting": 1, "scorecard": 1,
-           "all": 1}
+           "report_page": 1, "all": 1}
     assert plan == own
     done = snakemake(workflow, config)
     assert done.returncode == 0, done.stderr[-3000:]

@@ -284,6 +284,7 @@ def _check_sweep(name: str, config: dict[str, Any]) -> None:
             _check_full_kernel(config, total)
         _check_subsets(config, name, point)
         _check_task_size(config, name, point)
+        _check_strategy(config, name, point)
         if point["target"] == "teacher" and point["arch"] != "mlp":
             raise ConfigError(f"'{key}.target' is teacher, which needs a flat input: a linear "
                               f"teacher y^c = s^cᵀx is defined on the vector an mlp reads, but "
@@ -295,6 +296,25 @@ def _check_sweep(name: str, config: dict[str, Any]) -> None:
         if point["arch"] == "cnn-relu" and point["dataset"] == "digits":
             raise ConfigError(f"'{key}.arch': cnn-relu pools twice and needs images of at "
                               "least 16×16; digits are 8×8 (use mlp or cnn)")
+
+
+def _check_strategy(config: dict[str, Any], name: str, point: dict[str, Any]) -> None:
+    """A strategy acts from task 2 on, and a replay buffer must fit in the earlier tasks."""
+    strategy = point["strategy"]
+    if strategy == "finetune":
+        return
+    if point["n_tasks"] < 2:
+        raise ConfigError(f"'sweeps.{name}.strategy' is {strategy}, which acts from task 2 on, "
+                          "but the sweep has n_tasks 1; add n_tasks: [2] or more, or drop it")
+    if strategy == "replay":
+        buffer = config["continual"]["replay"]["buffer_size"]
+        known = task1_train_size(config, point)
+        if known is not None and buffer > known[0]:
+            few = "has" if known[1] else "can have as few as"
+            raise ConfigError(
+                f"'continual.replay.buffer_size' is {buffer}, larger than the earlier tasks' "
+                f"data: in sweep {name!r} task 1 {few} {known[0]} training samples, all a "
+                f"buffer for task 2 can draw from; lower it to at most {known[0]}")
 
 
 def task1_train_size(config: dict[str, Any], point: dict[str, Any]) -> tuple[int, bool] | None:

@@ -13,8 +13,9 @@ from typing import Any, Iterator
 
 PHASE1_KEYS = ("dataset", "classes_per_task", "arch", "depth", "activation", "optimizer",
                "loss", "target", "batch_size", "epochs", "regime", "width", "lr", "seed")
-SHIFT_KEYS = ("shift", "shared_classes", "alpha", "n_tasks")
+SHIFT_KEYS = ("shift", "shared_classes", "alpha", "n_tasks", "strategy")
 SWEEP_KEYS = PHASE1_KEYS + SHIFT_KEYS
+TASK_KEYS = SHIFT_KEYS[:4]  # what the task sequence depends on (not the strategy)
 SPLIT_KEYS = ("dataset", "classes_per_task", "seed")
 
 # Sweep fields that are not run parameters.
@@ -35,7 +36,7 @@ def _defaults(config: dict[str, Any]) -> dict[str, Any]:
         "target": config["train"]["target"], "epochs": config["train"]["phase1"]["epochs"],
         "batch_size": config["train"]["batch_size"], "regime": "lazy", "width": 256,
         "lr": config["train"]["lr"], "seed": 0, "shift": "conceptual", "shared_classes": 0,
-        "alpha": 0.0, "n_tasks": 2,
+        "alpha": 0.0, "n_tasks": 2, "strategy": "finetune",
     }
 
 
@@ -136,6 +137,12 @@ def select(points: list[dict[str, Any]], selections: list[str]) -> list[dict[str
                              f"{', '.join(SWEEP_KEYS)}")
         wanted[key] = parse_value(key, value)
     return [p for p in points if all(p[k] == v for k, v in wanted.items())]
+
+
+def tasks_id(shift: str) -> str:
+    """The id of the task sequence a shift id trains on (its strategy left out: every
+    strategy learns the same tasks)."""
+    return make_id(parse_id(shift, SHIFT_KEYS), TASK_KEYS)
 
 
 def split_id(point: dict[str, Any]) -> str:

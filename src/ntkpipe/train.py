@@ -17,7 +17,7 @@ import time
 from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 from torch import nn
@@ -26,6 +26,9 @@ from torch.nn import functional as F
 from ntkpipe import store
 from ntkpipe.progress import ProgressBar
 from ntkpipe.schedule import LogSpacer
+
+if TYPE_CHECKING:
+    from ntkpipe.strategies import Strategy
 
 LOSSES = ("cross_entropy", "mse")
 
@@ -120,6 +123,8 @@ class Schedule:
     checkpoint_every: int = 200
     snapshot_every: int = 0  # also snapshot every this many steps of each task (0: off)
     monitor: "Monitor | None" = None  # a quantity measured along training (the sharpness)
+    strategy: "Strategy | None" = None  # a continual-learning strategy from task 2 on
+    earlier: "list | None" = None  # (x, y) of the tasks before the first one trained here
 
 
 @dataclass
@@ -339,6 +344,9 @@ def train_tasks(model: nn.Module, tasks: list[TaskSpec], schedule: Schedule, *,
     and picked up on a rerun — only by a run with the same `resume_key` (a digest of every
     setting the run depends on): one left by other settings is discarded, never resumed.
     """
+    from ntkpipe.strategies import Strategy
+
+    strategy = schedule.strategy or Strategy()
     optimizer = make_optimizer(model, schedule)
     if optimizer_state is not None:
         optimizer.load_state_dict(optimizer_state)
@@ -356,6 +364,7 @@ def train_tasks(model: nn.Module, tasks: list[TaskSpec], schedule: Schedule, *,
     if saved is not None:
         model.load_state_dict(saved["model"])
         optimizer.load_state_dict(saved["optimizer"])
+        strategy.load_state_dict(saved.get("strategy", {}), model)
         record = Record(**saved["record"])
         log(f"resumed from {resume_path} at step {record.step}")
     last_checkpoint = record.step
@@ -368,6 +377,12 @@ def train_tasks(model: nn.Module, tasks: list[TaskSpec], schedule: Schedule, *,
         task_start = record.boundaries[-1] if len(record.boundaries) > record.task_index else record.step
         if len(record.boundaries) == record.task_index:
             record.boundaries.append(task_start)
+            if task.number > 1:  # a fresh start of a later task (a resumed one has its state)
+                earlier = list(schedule.earlier or []) + [(t.x, t.y) for t in
+                                                          tasks[:record.task_index]]
+                strategy.begin_task(model, earlier, task.number)
+                if strategy.note:
+                    log(f"task {task.number}: {strategy.note}")
         if record.pending is not None:
             plan = TaskSnapshots.from_state(record.pending)
         else:
@@ -382,9 +397,20 @@ def train_tasks(model: nn.Module, tasks: list[TaskSpec], schedule: Schedule, *,
             tic = time.perf_counter()
             generator = torch.Generator().manual_seed(
                 schedule.seed * 1_000_003 + task.number * 10_007 + record.epoch)
+            replay = torch.Generator().manual_seed(
+                schedule.seed * 1_000_003 + task.number * 10_007 + record.epoch + 7_777_777)
+            full = schedule.optimizer == "gd" or schedule.batch_size == "full"
             for idx in _batches(n, schedule.batch_size, schedule.optimizer, generator, device):
                 optimizer.zero_grad(set_to_none=True)
-                loss = loss_value(model(task.x[idx]), task.y[idx], schedule.loss)
+                x, y = task.x[idx], task.y[idx]
+                extra = strategy.extra_batch(replay, None if full else len(idx))
+                if extra is not None:
+                    x, y = torch.cat([x, extra[0]]), torch.cat([y, extra[1]])
+                outputs = model(x)
+                loss = loss_value(outputs, y, schedule.loss)
+                term = strategy.penalty(model, x, outputs)
+                if term is not None:
+                    loss = loss + term
                 value = float(loss.detach())
                 record.loss_steps.append(record.step)
                 record.losses.append(value)
@@ -419,6 +445,7 @@ def train_tasks(model: nn.Module, tasks: list[TaskSpec], schedule: Schedule, *,
                 record.pending = plan.state()
                 store.save_torch({"model": model.state_dict(),
                                   "optimizer": optimizer.state_dict(),
+                                  "strategy": strategy.state_dict(),
                                   "record": dataclasses.asdict(record), "key": resume_key},
                                  resume_path)
                 record.pending = None

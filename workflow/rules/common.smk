@@ -39,6 +39,7 @@ wildcard_constraints:
     run=ntksweep.id_regex(ntksweep.PHASE1_KEYS),
     shift=ntksweep.id_regex(ntksweep.SHIFT_KEYS),
     split=ntksweep.id_regex(ntksweep.SPLIT_KEYS),
+    tasks=ntksweep.id_regex(ntksweep.TASK_KEYS),
     dataset="[A-Za-z0-9_.:-]+",
     study="|".join(STUDY_SPECS),
 
@@ -71,6 +72,16 @@ def shift_params(wildcards):
 def split_of(wildcards):
     """The split id ({dataset, classes, seed}) a run trains on."""
     return ntksweep.split_id(run_params(wildcards))
+
+
+def tasks_file(wildcards):
+    """The task sequence a (run, shift) trains on, shared by every strategy."""
+    return f"{R}/splits/{split_of(wildcards)}/{ntksweep.tasks_id(wildcards.shift)}/tasks.npz"
+
+
+def phase2_run(wildcards):
+    """Phase 2's parameters: the run's and its strategy."""
+    return {**run_params(wildcards), "strategy": shift_params(wildcards)["strategy"]}
 
 
 def split_wildcards(wildcards):
@@ -165,10 +176,18 @@ def phase1_settings(wildcards):
     }
 
 
+def strategy_settings(wildcards):
+    """The settings of a run's continual-learning strategy (none for finetune): changing the
+    replay buffer retrains the replay runs only."""
+    name = shift_params(wildcards)["strategy"]
+    return config["continual"].get(name, {})
+
+
 def phase2_settings(wildcards):
     """Training settings phase 2 depends on."""
     t = config["train"]
     return {
+        "strategy": strategy_settings(wildcards),
         "momentum": t["momentum"],
         **lr_settings(wildcards),
         "phase2": t["phase2"],
@@ -259,7 +278,7 @@ def snapshot_inputs(wildcards):
     run = f"{R}/runs/{wildcards.run}"
     inputs = {
         "data": f"{R}/data/{run_params(wildcards)['dataset']}.npz",
-        "split": f"{R}/splits/{split_of(wildcards)}/{wildcards.shift}/tasks.npz",
+        "split": tasks_file(wildcards),
         "phase1": f"{run}/phase1_snapshots.pt",
     }
     if shift_params(wildcards)["n_tasks"] > 1:

@@ -40,14 +40,20 @@ rule split_tasks:
     input:
         data=lambda wc: f"{R}/data/{ntksweep.parse_id(wc.split, ntksweep.SPLIT_KEYS)['dataset']}.npz",
     output:
-        f"{R}/splits/{{split}}/{{shift}}/tasks.npz",
+        f"{R}/splits/{{split}}/{{tasks}}/tasks.npz",
     log:
-        f"{R}/logs/splits/{{split}}/{{shift}}/tasks.log",
+        f"{R}/logs/splits/{{split}}/{{tasks}}/tasks.log",
     conda:
         CONDA_ENV
     params:
         split=lambda wc: {
-            **split_settings(**{k: v for k, v in shift_params(wc).items() if k != "shift"}),
+            **split_settings(
+                **{
+                    k: v
+                    for k, v in ntksweep.parse_id(wc.tasks, ntksweep.TASK_KEYS).items()
+                    if k != "shift"
+                }
+            ),
             **split_wildcards(wc),
         },
         code=ntksmk.code_hash("ntkpipe.stages.data"),

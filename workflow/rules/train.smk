@@ -28,7 +28,7 @@ rule train_phase2:
     """Continue from the phase-1 checkpoint on tasks 2..n."""
     input:
         data=lambda wc: f"{R}/data/{run_params(wc)['dataset']}.npz",
-        split=lambda wc: f"{R}/splits/{split_of(wc)}/{wc.shift}/tasks.npz",
+        split=tasks_file,
         checkpoint=f"{R}/runs/{{run}}/phase1.pt",
     output:
         checkpoint=f"{R}/runs/{{run}}/{{shift}}/phase2.pt",
@@ -43,7 +43,7 @@ rule train_phase2:
     resources:
         gpu=1,
     params:
-        run=run_params,
+        run=phase2_run,
         train=phase2_settings,
         model=model_settings,
         code=ntksmk.code_hash("ntkpipe.stages.training"),

@@ -224,7 +224,19 @@ def train_phase2(data_path: str | Path, split_path: str | Path, checkpoint_in: s
         record = Record(step=start["step"], diverged_step=start["diverged_step"])
         opt_state = start["optimizer"]
     else:
-        record, opt_state = train_tasks(model, tasks, _schedule(run, train_cfg),
+        from dataclasses import replace
+
+        from ntkpipe.strategies import make_strategy
+
+        task1 = torch.from_numpy(split.train[0]).to(device)
+        name = run.get("strategy", "finetune")
+        strategy = make_strategy(name, train_cfg.get("strategy", {}), loss=run["loss"],
+                                 seed=run["seed"])
+        schedule = replace(_schedule(run, train_cfg), strategy=strategy, earlier=[
+            (arrays["x_train"][task1], fit_targets(data, run, arrays)[task1])])
+        if name != "finetune":
+            log(f"strategy {name} from task 2 on: {train_cfg.get('strategy', {})}")
+        record, opt_state = train_tasks(model, tasks, schedule,
                                         start_step=start["step"],
                                         optimizer_state=start["optimizer"],
                                         resume_path=resume,

@@ -6,7 +6,7 @@ A study is one module holding one `Study` named `STUDY`. The pipeline runs, per 
    summary and from per-run files (kernels, sharpness, ...), as a Dataset along `run` — the
    summary's runs, in the summary's order. Written to `summary/<name>.nc`.
 2. `claims(ds, thresholds)`: the scorecard rows, on the summary merged with those measures
-   (non-`ok` runs blanked first). Written to `scorecard/<name>.csv`.
+   (runs that are not ok dropped first: `ntkpipe.status`). Written to `scorecard/<name>.csv`.
 3. every `Figure` whose `applies` says the config has its runs, drawn from the same merged
    dataset into `figures/<figure>.png`, with its caption in `snakemake --report`.
 

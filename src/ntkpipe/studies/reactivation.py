@@ -130,10 +130,11 @@ def boundary_measures_of(steps: np.ndarray, boundary: int, series: dict[str, np.
     return out
 
 
-def _control_shift(classes_per_task: int, n_tasks: int) -> str:
-    """The shift id of a run's matched control: task 1's classes continued (similarity 1)."""
+def _control_shift(classes_per_task: int, n_tasks: int, strategy: str = "finetune") -> str:
+    """The shift id of a run's matched control: task 1's classes continued (similarity 1),
+    trained with the same strategy."""
     return shift_id({"shift": "conceptual", "shared_classes": classes_per_task, "alpha": 0.0,
-                     "n_tasks": n_tasks})
+                     "n_tasks": n_tasks, "strategy": strategy})
 
 
 def boundary_measures(summary: Any, files: dict[str, dict[str, str]],
@@ -182,8 +183,11 @@ def boundary_measures(summary: Any, files: dict[str, dict[str, str]],
     rows = {(r, s): i for i, (r, s) in enumerate(zip(summary["run_id"].values,
                                                      summary["shift_id"].values))}
     for i in range(n_runs):
+        strategy = str(summary["strategy"].values[i]) if "strategy" in summary.coords \
+            else "finetune"
         control = rows.get((str(summary["run_id"].values[i]), _control_shift(
-            int(summary["classes_per_task"].values[i]), int(summary["n_tasks"].values[i]))))
+            int(summary["classes_per_task"].values[i]), int(summary["n_tasks"].values[i]),
+            strategy)))
         if control is not None:
             with np.errstate(invalid="ignore", divide="ignore"):
                 excess[i] = after_sum[i] / after_sum[control]
