@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from ntkpipe.studies.reactivation import boundary_measures_of, post_boundary_steps
+from ntkpipe.boundaries import boundary_measures_of, post_boundary_steps
 
 # Boundary at step 50, k = 3 dense steps each side, a grid every 5 steps over 10 steps after it.
 STEPS = np.array([0, 10, 20, 40, 47, 48, 49, 50, 51, 52, 53, 55, 60, 80])

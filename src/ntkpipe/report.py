@@ -22,7 +22,7 @@ th, td { border-bottom: 1px solid #ddd; padding: 4px 6px; text-align: left;
 th { background: #f4f4f4; position: sticky; top: 0; }
 td.v { font-weight: 600; white-space: nowrap; }
 .true { color: #176a2c; } .false { color: #b3261e; } .inconclusive { color: #8a6100; }
-.untested { color: #777; }
+.untested { color: #777; } .measured { color: #1f4e99; }
 figure { margin: 2em 0; } figure img { width: 100%; height: auto; border: 1px solid #eee; }
 figcaption { font-size: 14px; color: #333; margin-top: .5em; }
 .note { color: #555; font-size: 12px; }

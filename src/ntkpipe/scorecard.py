@@ -21,7 +21,8 @@ from ntkpipe import stats
 
 COLUMNS = ("study", "claim", "statistic", "value", "low", "high", "p_value", "n", "threshold",
            "holds", "note")
-VERDICTS = ("true", "false", "inconclusive", "untested")
+# 'measured': a question's effect, reported with its uncertainty and no threshold
+VERDICTS = ("true", "false", "inconclusive", "untested", "measured")
 
 
 @dataclass

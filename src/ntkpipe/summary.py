@@ -204,7 +204,8 @@ def grid(ds: Any, keep: Iterable[str], *, count: str = "spectral_norm", **fixed:
     Runs are filtered to the `fixed` values (keys the summary lacks are ignored; own dims such
     as `probe` are selected). Every other sweep key with several values left is fixed, in
     SWEEP_KEYS order, to the value whose runs hold the most finite `count` values (a sweep
-    varies few parameters; the rest sit at one value). Returns dims (kept sweep keys in
+    varies few parameters; the rest sit at one value) — but `strategy`, unless kept or fixed,
+    to finetune: plain training, what the published claims are about. Returns dims (kept sweep keys in
     SWEEP_KEYS order, *own dims), coordinates the values the selected runs take; the other
     sweep keys are scalar coordinates and `similarity` spans classes_per_task × shared_classes
     (as far as they are dims). Cells no selected run fills are NaN.
@@ -212,6 +213,9 @@ def grid(ds: Any, keep: Iterable[str], *, count: str = "spectral_norm", **fixed:
     keep = {keep} if isinstance(keep, str) else set(keep)
     fixed_own = {k: v for k, v in fixed.items() if k in ds.dims and k != "run"}
     fixed = {k: v for k, v in fixed.items() if k in SWEEP_KEYS and k in ds.coords}
+    if "strategy" in ds.coords and "strategy" not in keep | set(fixed) \
+            and "finetune" in set(ds["strategy"].values):
+        fixed["strategy"] = "finetune"  # plain training, unless the caller asks otherwise
     runs = np.ones(ds.sizes["run"], dtype=bool)
     for key, value in fixed.items():
         runs &= _matches(ds[key].values, value)

@@ -1,5 +1,5 @@
 """The registry of studies. Config key `studies` lists the ones a run checks: a built-in name
-(`reactivation`, `edge_of_stability`, `feature_evolution`), an importable module
+(`reactivation`, `edge_of_stability`, `feature_evolution`, `continual`), an importable module
 (`mypkg.mystudy`) or a Python file (`studies/mystudy.py`, relative to the working directory),
 each defining `STUDY = Study(...)` (see `ntkpipe.studies.base`). The pipeline loops over this
 list and knows no study by name.
@@ -18,7 +18,7 @@ from pathlib import Path
 from ntkpipe.errors import InputError
 from ntkpipe.studies.base import Figure, Study, Threshold
 
-BUILTIN = ("reactivation", "edge_of_stability", "feature_evolution")
+BUILTIN = ("reactivation", "edge_of_stability", "feature_evolution", "continual")
 
 __all__ = ["BUILTIN", "Figure", "Study", "StudyError", "Threshold", "load", "load_all",
            "thresholds"]
