@@ -79,6 +79,8 @@ CONFIGS = [
      "'sweeps.w.strategy' is ewc, which acts from task 2 on, but the sweep has n_tasks 1"),
     ("a strategy that does not exist", {"sweeps": {"w": {"strategy": ["si"]}}},
      "'sweeps.w.strategy[0]' is 'si'; allowed: finetune, replay, ewc, lwf"),
+    ("a ViT patch that does not divide the image", {"model": {"arch": "vit", "vit": {
+        "patch_size": 3}}}, "'model.vit.patch_size' is 3, which does not divide the 8×8 images"),
     ("unresolvable factory", {"models": {"net": {"factory": "nopkg.nets:make"}},
                               "model": {"arch": "net"}}, "does not import"),
 ]

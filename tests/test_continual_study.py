@@ -28,8 +28,8 @@ def summary(rows):
         return list(values) + [np.nan] * (boundaries - len(values))
 
     return xr.Dataset(
-        {"velocity_spike": (("run", "boundary"), [pad(r[3]) for r in rows]),
-         "norm_dip": (("run", "boundary"), [pad(r[4]) for r in rows]),
+        {"boundary_spike": (("run", "boundary"), [pad(r[3]) for r in rows]),
+         "boundary_dip": (("run", "boundary"), [pad(r[4]) for r in rows]),
          "boundary_forgetting": (("run", "boundary"), [pad(r[5]) for r in rows])},
         coords={"strategy": ("run", [r[0] for r in rows]), "seed": ("run", [r[1] for r in rows]),
                 "n_tasks": ("run", [r[2] for r in rows]), "width": ("run", [128] * len(rows)),
@@ -94,3 +94,9 @@ def test_the_prediction_row_is_spearman_over_run_boundary_pairs():
     (row,) = continual.question_prediction(summary(rows))
     assert row.value == pytest.approx(1.0) and row.n == 8
     assert row.holds == "measured" and "a larger spike goes with more forgetting" in row.note
+
+
+def test_without_its_measures_every_question_is_untested():
+    ds = summary(two_task_runs()).drop_vars(["boundary_spike", "boundary_dip"])
+    rows = continual.questions(ds, {})
+    assert len(rows) == 9 and {r.holds for r in rows} == {"untested"}

@@ -302,3 +302,16 @@ def test_check_of_builtins_imports_nothing(tmp_path):
     cfg = validate({"results": str(tmp_path / "out"), "sweeps": {"one": {"width": [4]}}})
     assert custom.check(cfg, all_points(cfg), tmp_path / "checks") == []
     assert not (tmp_path / "checks").exists()
+
+
+def test_arch_vit_takes_its_shape_from_the_config(tmp_path):
+    cfg = validate({"results": str(tmp_path / "out"), "model": {"arch": "vit", "vit": {
+        "patch_size": 2, "heads": 2, "mlp_ratio": 2.0}}, "sweeps": {"v": {"width": [8]}}})
+    data = {"x_train": np.zeros((4, 1, 8, 8), np.float32), "num_classes": 10}
+    point = all_points(cfg)[0]
+    model = make_model(data, point, {"bias": True, "bias_std": 0.1, "vit": cfg["model"]["vit"]})
+    assert model(torch.zeros(3, 1, 8, 8)).shape == (3, 10)
+    assert model.block0.attention.heads == 2  # 16 tokens of 2×2 patches
+    with pytest.raises(ValueError, match="patch_size 3 must divide the image size 8×8"):
+        make_model(data, point, {"bias": True, "bias_std": 0.1,
+                                 "vit": {**cfg["model"]["vit"], "patch_size": 3}})

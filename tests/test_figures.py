@@ -6,7 +6,7 @@ import xarray as xr
 
 from ntkpipe import figures, stages, store, studies, sweep
 from ntkpipe.studies import feature_evolution, reactivation
-from ntkpipe.summary import combine, grid
+from ntkpipe.summary import combine, grid, with_measures
 
 STUDIES = studies.load_all(None)
 FIGURES = {f.name: f.draw for study in STUDIES for f in study.figures}
@@ -135,21 +135,34 @@ def summary():
     points += [{**BASE, "lr": lr} for lr in (0.02, 0.5)]
     runs = [fake(p, diverged=5 if p["width"] == 256 and p["seed"] == 1 else -1) for p in points]
     runs.append(fake({**BASE, "shared_classes": 3, "n_tasks": 3}, boundaries=2))
-    return combine(runs + study_runs(), provenance={}), points
+    runs += [fake({**BASE, "strategy": s, "seed": seed}) for s in ("replay", "lwf")
+             for seed in (0, 1)]
+    ds = combine(runs + study_runs(), provenance={})
+    # the continual study's figures read its measures, as its figures job gets them
+    rng = np.random.default_rng(0)
+    shape = (ds.sizes["run"], ds.sizes["boundary"])
+    measures = xr.Dataset({name: (("run", "boundary"), rng.uniform(0.1, 10, shape))
+                           for name in ("boundary_spike", "boundary_dip", "boundary_forgetting")},
+                          coords={"boundary": ds["boundary"].values})
+    return with_measures(ds, measures), points
 
 
 def test_applicable_follows_the_sweeps(summary):
     _, points = summary
     assert applicable(points) == ["metrics_by_width", "accuracy_by_task", "laziness",
-                                  "similarity_sweep", "frequency_shift", "learning_rate"]
-    assert applicable([{**p, "n_tasks": 3} for p in points[:1]]) == ["task_sequence"]
+                                  "similarity_sweep", "frequency_shift", "learning_rate",
+                                  "reactivation_forgetting"]
+    assert applicable([{**p, "n_tasks": 3} for p in points[:1]]) == [
+        "task_sequence", "sequence_measures", "reactivation_forgetting"]
+    assert applicable([{**points[0], "strategy": "ewc"}])[-2:] == [
+        "strategy_effects", "reactivation_forgetting"]
 
 
 def test_applicable_with_analyses(summary):
     _, points = summary
     runs = [(sweep.run_id(p), sweep.shift_id(p)) for p in points]
     assert applicable(points, {}) == applicable(points)
-    assert applicable(points, {runs[0]: ["sharpness"], runs[1]: []})[-2:] == \
+    assert applicable(points, {runs[0]: ["sharpness"], runs[1]: []})[-3:-1] == \
         ["edge_of_stability", "eos_alignment"]
     eos = [{**EOS_POINT, "lr": lr} for lr in (0.05, 0.1)]
     both = {(sweep.run_id(p), sweep.shift_id(p)): ["sharpness"] for p in eos}
@@ -261,7 +274,7 @@ def test_unknown_figure_name_is_refused(summary, tmp_path):
 def test_figures_for_partial_sweeps(tmp_path):
     frequency_only = [{**BASE, "shift": "frequency", "shared_classes": 5, "alpha": a, "seed": s}
                       for a in (0.5, 1.0) for s in (0, 1)]
-    assert applicable(frequency_only) == ["frequency_shift"]
+    assert applicable(frequency_only) == ["frequency_shift", "reactivation_forgetting"]
     assert applicable([{**BASE, "n_tasks": 1}]) == []
     ds = combine([fake(p) for p in frequency_only], provenance={})
     reactivation.frequency_shift(ds, tmp_path / "f.png")  # no class-incremental baseline to draw

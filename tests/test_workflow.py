@@ -230,8 +230,9 @@ def test_adding_a_width_runs_only_that_width(workflow):
     out = snakemake(workflow, wider, "--dry-run")
     plan = jobs(out.stdout)
     assert plan == {"train_phase1": 2, "train_phase2": 2, "extract_ntk": 2, "metrics": 2,
-                    "collect": 1, "study_measures": 3, "study_scorecard": 3,
-                    "figures_reactivation": 1, "scorecard": 1, "report_page": 1, "all": 1}
+                    "collect": 1, "study_measures": 4, "study_scorecard": 4,
+                    "figures_reactivation": 1, "figures_continual": 1, "scorecard": 1,
+                    "report_page": 1, "all": 1}
     assert "width~16" not in out.stdout.split("rule train_phase1")[1].split("\n\n")[0]
 
 
@@ -620,3 +621,20 @@ def test_verify_repair_rebuilds_exactly_a_corrupted_kernel_and_what_follows(tmp_
     assert not {"train_phase1", "train_phase2", "prepare_data"} & set(plan)
     assert snakemake(tmp_path, one).returncode == 0
     assert verify().stdout.strip().endswith("all good")
+
+
+def test_strategies_share_phase_1_and_their_settings_rerun_only_their_runs(tmp_path):
+    cfg = {**TINY, "sweeps": {"s": {"width": [16], "regime": ["feature"],
+                                    "strategy": ["finetune", "replay", "ewc"]}}}
+    done = snakemake(tmp_path, cfg)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert len(list((tmp_path / "out/runs").rglob("phase1.pt"))) == 1  # one phase 1 for all
+    assert len(list((tmp_path / "out/splits").rglob("tasks.npz"))) == 1  # one task sequence
+    ds = open_results(tmp_path / "out")
+    assert sorted(ds["strategy"].values) == ["ewc", "finetune", "replay"]
+    changed = {**cfg, "continual": {"ewc": {"strength": 5.0}}}
+    plan = jobs(snakemake(tmp_path, changed, "-n").stdout)
+    assert plan["train_phase2"] == 1 and "train_phase1" not in plan
+    dry = snakemake(tmp_path, changed, "-n").stdout
+    assert "strategy~ewc/phase2.pt" in dry and "strategy~replay/phase2.pt" not in dry
+    assert (tmp_path / "out/figures/strategy_effects.png").is_file()

@@ -19,6 +19,8 @@ from ntkpipe.errors import InputError
 
 # Classes of each dataset with a fixed number (imagefolder's come from its class list).
 NUM_CLASSES = {"digits": 10, "mnist": 10, "cifar10": 10, "cifar100": 100}
+# Image side of the built-in datasets (imagefolder: dataset.image_size).
+IMAGE_SIDE = {"digits": 8, "mnist": 28, "cifar10": 32, "cifar100": 32}
 # Training samples per class of the fixed-size datasets (digits: ntkpipe's 2/3 training split).
 TRAIN_PER_CLASS = {
     "digits": (119, 122, 118, 122, 121, 122, 121, 120, 116, 120),
@@ -293,6 +295,13 @@ def _check_sweep(name: str, config: dict[str, Any]) -> None:
         if point["target"] == "teacher" and point["loss"] != "mse":
             raise ConfigError(f"'{key}.target' is teacher, whose real-valued targets need "
                               f"loss mse, not {point['loss']!r}")
+        side = IMAGE_SIDE.get(point["dataset"]) or (
+            config["dataset"]["image_size"] if point["dataset"] == "imagefolder" else None)
+        patch = config["model"]["vit"]["patch_size"]
+        if point["arch"] == "vit" and side is not None and side % patch:
+            raise ConfigError(f"'model.vit.patch_size' is {patch}, which does not divide the "
+                              f"{side}×{side} images of {point['dataset']} (sweep {name!r}); "
+                              f"use a divisor of {side}")
         if point["arch"] == "cnn-relu" and point["dataset"] == "digits":
             raise ConfigError(f"'{key}.arch': cnn-relu pools twice and needs images of at "
                               "least 16×16; digits are 8×8 (use mlp or cnn)")

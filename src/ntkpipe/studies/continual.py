@@ -25,7 +25,9 @@ from ntkpipe.scorecard import Row, untested
 from ntkpipe.studies.base import Figure, Study
 
 NAME = "continual"
-EFFECT_MEASURES = {"velocity_spike": "velocity spike", "norm_dip": "norm dip"}
+# the study's variables: the boundary measures of `ntkpipe.boundaries` on the task-1 probe set
+SOURCES = {"boundary_spike": "velocity_spike", "boundary_dip": "norm_dip"}
+EFFECT_MEASURES = {"boundary_spike": "velocity spike", "boundary_dip": "norm dip"}
 STRATEGIES = ("replay", "ewc", "lwf")
 
 
@@ -52,9 +54,9 @@ def continual_measures(summary: Any, files: dict[str, dict[str, str]],
     measured = boundary_measures(summary, files, cfg)
     probe = measured["probe"].values[0]
     boundaries = measured["boundary"].values
-    out = {name: (("run", "boundary"), measured[name].sel(probe=probe).values,
-                  {"long_name": measured[name].attrs["long_name"] + " (task-1 probe set)"})
-           for name in EFFECT_MEASURES}
+    out = {name: (("run", "boundary"), measured[source].sel(probe=probe).values,
+                  {"long_name": measured[source].attrs["long_name"] + " (task-1 probe set)"})
+           for name, source in SOURCES.items()}
     acc = summary["accuracy_matrix"].transpose("run", "trained_task", "task").values
     forgetting = np.full((summary.sizes["run"], len(boundaries)), np.nan)
     for i in range(summary.sizes["run"]):
@@ -100,6 +102,11 @@ def _seed_axis(pairs: list[tuple[str, float]]) -> np.ndarray:
 def question_strategies(ds: Any) -> list[Row]:
     """Does each strategy reduce the velocity spike and the norm dip relative to fine-tuning at
     the same boundary (same phase 1, same task sequence, same seed)?"""
+    if not _has_measures(ds):
+        names = [f"does {s} reduce the {label} at a boundary (vs fine-tuning)?"
+                 for s in STRATEGIES for label in EFFECT_MEASURES.values()]
+        return untested(NAME, names, "no boundary measures (no run with a task boundary)")
+    ds = _canonical(ds)
     rows = []
     present = set(ds["strategy"].values) if "strategy" in ds.coords else set()
     for strategy in STRATEGIES:
@@ -130,12 +137,12 @@ def question_strategies(ds: Any) -> list[Row]:
 # How a strategy's value is compared with fine-tuning's: the spike is a ratio with a heavy
 # tail (a converged phase 1 leaves a tiny baseline velocity), so its effect is a log ratio;
 # the dip is a fraction, so a difference.
-EFFECTS = {"velocity_spike": "log₁₀(velocity spike with <s> / with fine-tuning)",
-           "norm_dip": "the norm dip with <s> minus with fine-tuning"}
+EFFECTS = {"boundary_spike": "log₁₀(velocity spike with <s> / with fine-tuning)",
+           "boundary_dip": "the norm dip with <s> minus with fine-tuning"}
 
 
 def _effect(name: str, value: float, reference: float) -> float:
-    if name == "velocity_spike":
+    if name == "boundary_spike":
         with np.errstate(divide="ignore", invalid="ignore"):
             return float(np.log10(value / reference)) if value > 0 and reference > 0 else np.nan
     return float(value - reference)
@@ -157,7 +164,8 @@ def question_sequence(ds: Any) -> list[Row]:
     boundary index, per run of ≥ 3 tasks, its median over runs."""
     ds = _canonical(ds)
     rows = []
-    long = np.flatnonzero(ds["n_tasks"].values >= 3) if "n_tasks" in ds.coords else []
+    long = np.flatnonzero(ds["n_tasks"].values >= 3) \
+        if "n_tasks" in ds.coords and _has_measures(ds) else []
     for name, label in EFFECT_MEASURES.items():
         question = f"along a sequence of ≥ 3 tasks, does the {label} grow or shrink?"
         rhos = []
@@ -189,10 +197,10 @@ def question_prediction(ds: Any) -> list[Row]:
     forgetting of the earlier tasks across that boundary?"""
     question = ("does a larger reactivation (velocity spike) at a boundary go with more "
                 "forgetting?")
-    if "boundary" not in ds.dims:
+    if "boundary" not in ds.dims or not _has_measures(ds):
         return untested(NAME, [question], "no run with a task boundary")
     ds = _canonical(ds)
-    spike = ds["velocity_spike"].transpose("run", "boundary").values
+    spike = ds["boundary_spike"].transpose("run", "boundary").values
     forget = ds["boundary_forgetting"].transpose("run", "boundary").values
     ok = np.isfinite(spike) & np.isfinite(forget)
     if ok.sum() < 4:
@@ -215,8 +223,13 @@ def question_prediction(ds: Any) -> list[Row]:
 
 
 def questions(ds: Any, thresholds: dict[str, float]) -> list[Row]:
-    """Every question of the study, as measured effects."""
-    return question_strategies(ds) + question_sequence(ds) + question_prediction(ds)
+    """Every question of the study, as measured effects (untested without its measures)."""
+    rows = question_strategies(ds) + question_sequence(ds) + question_prediction(ds)
+    return rows
+
+
+def _has_measures(ds: Any) -> bool:
+    return all(name in ds for name in (*EFFECT_MEASURES, "boundary_forgetting"))
 
 
 # ---- figures ----------------------------------------------------------------------------------
@@ -291,7 +304,7 @@ def reactivation_forgetting(ds: Any, path: str | Path) -> None:
     fig, ax = plt.subplots(figsize=(5.4, 4))
     for k, strategy in enumerate(_strategies_present(ds)):
         pick = ds["strategy"].values == strategy
-        x = ds["velocity_spike"].values[pick].ravel()
+        x = ds["boundary_spike"].values[pick].ravel()
         y = ds["boundary_forgetting"].values[pick].ravel()
         ok = np.isfinite(x) & np.isfinite(y)
         ax.plot(x[ok], y[ok], "o", color=f"C{k}", alpha=0.7, label=strategy)
