@@ -121,3 +121,25 @@ def test_the_snakemake_plan_is_remembered_until_the_config_code_or_outputs_chang
     (results / "logs" / "a.log").write_text("logs are not outputs")
     cli.cached_plan(config, snakefile, results)
     assert len(calls) == 3
+
+
+def test_the_remembered_plan_follows_your_own_models_source(config, tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(cli, "snakemake_plan", lambda *a: calls.append(a) or {})
+    factory = tmp_path / "net.py"
+    factory.write_text("def make(in_shape, num_outputs):\n    pass\n")
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(
+        {**CONFIG, "models": {"net": {"factory": f"{factory}:make"}}}))
+    snakefile = tmp_path / "Snakefile"
+    snakefile.write_text("")
+    results = tmp_path / "out"
+    results.mkdir()
+    cli.cached_plan(config, snakefile, results)
+    cli.cached_plan(config, snakefile, results)
+    assert len(calls) == 1
+    factory.write_text("def make(in_shape, num_outputs):\n    return None\n")
+    from ntkpipe.smk import code_hash
+
+    code_hash.cache_clear()
+    cli.cached_plan(config, snakefile, results)
+    assert len(calls) == 2

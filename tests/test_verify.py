@@ -60,8 +60,12 @@ AGG = {"figures/a.png", "scorecard.csv"}  # built from every run
     (lambda r: truncate(r / M), "not a readable NetCDF", {M} | AGG),
     (lambda r: truncate(r / "data/digits.npz"), "not a readable array file",
      {"data/digits.npz", P1, M} | AGG),
-    (lambda r: (r / "figures/a.png").write_bytes(b"GIF89a"), "not a PNG image", AGG),
-    (lambda r: (r / "scorecard.csv").write_text("a,b\n1\n"), "row 2 has another number", AGG),
+    (lambda r: (r / "figures/a.png").write_bytes(b"GIF89a"), "not a PNG image",
+     {"figures/a.png"}),  # nothing is built from a figure
+    (lambda r: (r / "scorecard.csv").write_text("a,b\n1\n"), "row 2 has another number",
+     {"scorecard.csv"}),
+    (lambda r: (r / ".cache").mkdir() or (r / ".cache/plan.json").write_text("{"),
+     "not readable", {".cache/plan.json"}),
     (lambda r: (r / "runs" / RUN / ".phase1.pt.x1y2.tmp").write_bytes(b"12"),
      "leftover temporary file", {f"runs/{RUN}/.phase1.pt.x1y2.tmp"}),
     (lambda r: metrics_file(r / M, drop=("accuracy_matrix",)), "lacks accuracy_matrix", {M} | AGG),
@@ -103,3 +107,19 @@ def test_the_report_says_what_to_do(results):
     assert lines[0].startswith(str(results / "runs" / RUN / "phase1.pt") + ": ")
     assert "`ntkpipe verify --repair` removes them" in lines[-1]
     assert json.loads(json.dumps(verify.as_json(found, 5)))["bad"][0]["removed"] is False
+
+
+def test_a_bad_task_sequence_takes_every_strategys_runs_on_it(results):
+    tasks = "shift~conceptual/shared_classes~0/alpha~0.0/n_tasks~2"
+    split = results / "splits/dataset~digits/classes_per_task~5/seed~0" / tasks / "tasks.npz"
+    store.save_arrays({"train_1": np.arange(3)}, split)
+    run = "dataset~digits/classes_per_task~5/width~16/seed~0"
+    mine = [results / "runs" / run / f"{tasks}/strategy~{s}" / "phase2.pt"
+            for s in ("finetune", "ewc")]
+    other = results / "runs" / run / "shift~conceptual/shared_classes~5/alpha~0.0/n_tasks~2" \
+        / "strategy~finetune" / "phase2.pt"
+    for path in (*mine, other):
+        store.save_torch({"model": {}}, path)
+    truncate(split)
+    removed = {Path(f.path) for f in verify.verify(results, repair=True)}
+    assert split in removed and set(mine) <= removed and other not in removed

@@ -2,7 +2,7 @@
 
 Add it to a config beside the built-in studies (paths are relative to the working directory):
 
-    studies: [reactivation, edge_of_stability, feature_evolution,
+    studies: [reactivation, edge_of_stability, feature_evolution, continual,
               examples/custom_study/forgetting.py]
 
 It contributes what every study does (`ntkpipe.studies.base`): a per-run measure derived from

@@ -117,14 +117,46 @@ def _metrics_info(path: Path) -> dict[str, Any]:
     return jsonable(info)
 
 
+def _inputs_state(config_path: str) -> str:
+    """What the plan depends on outside the repository and results: the source of the
+    config's own model factories and dataset loaders, and the dataset files."""
+    from ntkpipe import custom
+
+    try:
+        cfg = ntkconfig.load(config_path)
+    except InputError:
+        return ""
+    parts = []
+    for entry in [*cfg["models"].values(), *cfg["datasets"].values()]:
+        target = entry.get("factory") or entry.get("loader")
+        try:
+            parts.append(f"{target}={custom.code_hash(target)}")
+        except InputError:
+            parts.append(f"{target}=?")
+    files = [Path(f) for d in cfg["datasets"].values() for f in d.get("files", [])]
+    root = cfg["dataset"]["root"]
+    if root and Path(root).is_dir():  # class folders and files, as the cache rule's inputs
+        folders = cfg["dataset"]["name"] == "imagefolder"  # its class folders, not each image
+        files += sorted(p for p in Path(root).rglob("*") if not folders or p.is_dir())
+    for path in files:
+        try:
+            stat = path.stat()
+            parts.append(f"{path}:{stat.st_size}:{stat.st_mtime_ns}")
+        except OSError:
+            parts.append(f"{path}:missing")
+    return "\n".join(parts)
+
+
 def _workflow_state(config_path: str, snakefile: Path, results: Path) -> str:
     """A digest of what Snakemake's plan depends on: the config file, the workflow's and the
-    package's source, and every output's size and modification time."""
+    package's source, your own models' and datasets' source and files, and every output's
+    size and modification time."""
     import hashlib
 
     import ntkpipe
 
     digest = hashlib.sha256(Path(config_path).read_bytes())
+    digest.update(_inputs_state(config_path).encode())
     roots = [snakefile.parent / "workflow", Path(ntkpipe.__file__).parent]
     files = [snakefile] + [p for root in roots if root.is_dir() for p in sorted(root.rglob("*"))
                            if p.suffix in (".py", ".smk", ".yaml", ".rst")]

@@ -318,6 +318,9 @@ def _check_strategy(config: dict[str, Any], name: str, point: dict[str, Any]) ->
     if strategy == "replay":
         buffer = config["continual"]["replay"]["buffer_size"]
         known = task1_train_size(config, point)
+        drawn = config["dataset"]["train_per_task"]
+        if config["dataset"]["with_replacement"] and drawn:
+            known = (drawn, True)  # a task of repeats still has train_per_task samples
         if known is not None and buffer > known[0]:
             few = "has" if known[1] else "can have as few as"
             raise ConfigError(

@@ -70,8 +70,8 @@ def usable(ds: Any) -> tuple[Any, dict[str, int]]:
     to `diverged_step`."""
     from ntkpipe.status import DIVERGED, FAILED
 
-    if "run_status" in ds:
-        codes = np.asarray(ds["run_status"].values, dtype=float)
+    if "run_status" in ds:  # NaN: a run from before statuses, judged ok like status.names
+        codes = np.nan_to_num(np.asarray(ds["run_status"].values, dtype=float), nan=0.0)
     elif "diverged_step" in ds:
         codes = np.where(np.asarray(ds["diverged_step"].values) >= 0, DIVERGED, 0)
     else:

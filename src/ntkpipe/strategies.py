@@ -15,7 +15,9 @@
   over every class, as in class-incremental learning, so every output is distilled.
 
 A strategy's state (buffer, Fisher terms, old network) is part of a run's resume file, so a
-resumed run continues with the very same terms.
+resumed run continues with the very same terms (moved back onto the model's device). The
+per-step losses a run records are the task's own loss on its own batch samples, without the
+strategy's samples or terms, so they compare across strategies.
 """
 
 from __future__ import annotations
@@ -97,7 +99,9 @@ class Replay(Strategy):
         return {"x": self.x, "y": self.y}
 
     def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
-        self.x, self.y = state.get("x"), state.get("y")
+        device = _device(model)  # a resume file loads onto the CPU
+        self.x, self.y = (None if state.get(k) is None else state[k].to(device)
+                          for k in ("x", "y"))
 
 
 def diagonal_fisher(model: nn.Module, x: torch.Tensor, y: torch.Tensor, loss: str
@@ -157,7 +161,9 @@ class EWC(Strategy):
         return {"terms": self.terms}
 
     def load_state_dict(self, state: dict[str, Any], model: nn.Module) -> None:
-        self.terms = [(list(f), list(a)) for f, a in state.get("terms", [])]
+        device = _device(model)  # a resume file loads onto the CPU
+        self.terms = [([x.to(device) for x in f], [x.to(device) for x in a])
+                      for f, a in state.get("terms", [])]
 
 
 class LwF(Strategy):
@@ -193,6 +199,11 @@ class LwF(Strategy):
         if state.get("old") is not None:
             self.old = _frozen(model)
             self.old.load_state_dict(state["old"])
+
+
+def _device(model: nn.Module) -> torch.device:
+    first = next(model.parameters(), None)
+    return first.device if first is not None else torch.device("cpu")
 
 
 def _frozen(model: nn.Module) -> nn.Module:

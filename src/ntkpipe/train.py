@@ -407,11 +407,16 @@ def train_tasks(model: nn.Module, tasks: list[TaskSpec], schedule: Schedule, *,
                 if extra is not None:
                     x, y = torch.cat([x, extra[0]]), torch.cat([y, extra[1]])
                 outputs = model(x)
-                loss = loss_value(outputs, y, schedule.loss)
+                per = per_sample_loss(outputs, y, schedule.loss)
+                loss = per.mean()
+                # recorded: the task's loss on its own samples (the objective adds replayed
+                # samples and the strategy's term)
+                value = float(loss.detach()) if extra is None else \
+                    float(per[:len(idx)].mean().detach())
                 term = strategy.penalty(model, x, outputs)
                 if term is not None:
                     loss = loss + term
-                value = float(loss.detach())
+                    value = value if math.isfinite(float(loss.detach())) else math.nan
                 record.loss_steps.append(record.step)
                 record.losses.append(value)
                 if not math.isfinite(value):

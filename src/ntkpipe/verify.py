@@ -122,7 +122,8 @@ def _files(results: Path) -> Iterator[Path]:
 # stale): the phase-1 outputs feed everything of the run, phase 2 its shift's kernels.
 _RUN_LEVEL = {"phase1.pt", "phase1_snapshots.pt"}
 _SHIFT_LEVEL = {"phase2.pt", "phase2_snapshots.pt"}
-_AGGREGATES = ("summary", "scorecard", "scorecard.csv", "figures", "selections")
+_AGGREGATES = ("summary", "scorecard", "scorecard.csv", "scorecard.provenance.json", "figures",
+               "selections")
 
 
 def _split_of(run: str) -> dict[str, str]:
@@ -131,15 +132,33 @@ def _split_of(run: str) -> dict[str, str]:
     return {k: parts.get(k, "") for k in ("dataset", "classes_per_task", "seed")}
 
 
+def _task_shift(shift: str) -> str:
+    """The task-sequence part of a run's shift id (every strategy shares the sequence)."""
+    from ntkpipe.sweep import TASK_KEYS
+
+    return "/".join(s for s in shift.split("/") if s.split("~")[0] in TASK_KEYS)
+
+
 def dependents(path: Path, results: Path) -> list[Path]:
     """The outputs under `results` built from `path` (directly or not), `path` excluded:
     removing them with it makes Snakemake rebuild the whole chain (it leaves a missing
     intermediate alone while what was built from it still exists)."""
     name, out = path.name, []
-    if _TEMPORARY.match(name) or name.endswith(".resume"):
+    rel = path.relative_to(results).parts
+    if _TEMPORARY.match(name) or name.endswith(".resume") or rel[0] in (".cache", ".checks"):
         return []  # not an input of anything
     runs = results / "runs"
-    rel = path.relative_to(results).parts
+    report = [results / "report.html"] if (results / "report.html").is_file() else []
+    if rel[0] not in ("data", "splits", "runs"):  # the aggregates: what is built from each
+        if rel[0] == "summary":
+            out += [p for top in ("scorecard", "figures") for p in (results / top).rglob("*")
+                    if p.is_file()]
+            out += [p for p in (results / "scorecard.csv", results / "scorecard.provenance.json")
+                    if p.is_file()]
+        elif rel[0] == "scorecard":
+            out += [p for p in (results / "scorecard.csv", results / "scorecard.provenance.json")
+                    if p.is_file()]
+        return sorted(set(out + report) - {path})
     if rel[0] == "data":
         dataset = name[:-len(".npz")]
         out += [p for p in (results / "splits").glob(f"dataset~{dataset}/**/*") if p.is_file()]
@@ -153,7 +172,8 @@ def dependents(path: Path, results: Path) -> list[Path]:
             wild = _wildcards(run_file, results)
             if _split_of(wild["run"]) != {k: split.get(k, "") for k in _split_of("")}:
                 continue
-            if name == "task1.npz" or wild.get("shift") == shift:
+            same_tasks = wild.get("shift") and _task_shift(wild["shift"]) == shift
+            if name == "task1.npz" or same_tasks:
                 out.append(run_file)
     elif rel[0] == "runs":
         folder = path.parent
@@ -166,7 +186,7 @@ def dependents(path: Path, results: Path) -> list[Path]:
     for top in _AGGREGATES:  # summary, scorecard, figures: built from every run
         target = results / top
         out += [target] if target.is_file() else [p for p in target.rglob("*") if p.is_file()]
-    return sorted(set(out) - {path})
+    return sorted(set(out + report) - {path})
 
 
 def verify(results: str | Path, repair: bool = False) -> list[Finding]:
