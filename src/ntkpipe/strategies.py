@@ -11,8 +11,9 @@
 - `lwf`: learning without forgetting (Li & Hoiem 2016, arXiv 1606.09282, eq. 2): a frozen copy
   of the network as it ended the previous task; the loss gains α times the distillation of its
   outputs on the current batch — T² · KL(softmax(f_old/T) ‖ softmax(f/T)) under cross-entropy
-  (Hinton et al. 2015's temperature T), ½‖f − f_old‖² (mean over the batch) under MSE. One head
-  over every class, as in class-incremental learning, so every output is distilled.
+  (the temperature T of Hinton et al. 2015, arXiv 1503.02531), ½‖f − f_old‖² (mean over the
+  batch) under MSE. One head over every class, as in class-incremental learning, so every
+  output is distilled.
 
 A strategy's state (buffer, Fisher terms, old network) is part of a run's resume file, so a
 resumed run continues with the very same terms (moved back onto the model's device). The
