@@ -279,3 +279,11 @@ def test_figures_for_partial_sweeps(tmp_path):
     ds = combine([fake(p) for p in frequency_only], provenance={})
     reactivation.frequency_shift(ds, tmp_path / "f.png")  # no class-incremental baseline to draw
     assert (tmp_path / "f.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_continual_figures_draw_without_a_positive_spike(summary, tmp_path):
+    ds, _ = summary
+    ds = ds.assign(boundary_spike=ds["boundary_spike"] * np.nan)  # no spike to log-scale
+    for name in ("strategy_effects", "reactivation_forgetting"):
+        FIGURES[name](ds, tmp_path / f"{name}.png")
+        assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"

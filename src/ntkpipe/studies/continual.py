@@ -113,7 +113,8 @@ def question_strategies(ds: Any) -> list[Row]:
         for name, label in EFFECT_MEASURES.items():
             question = f"does {strategy} reduce the {label} at a boundary (vs fine-tuning)?"
             if strategy not in present or "finetune" not in present:
-                rows += untested(NAME, [question], f"no {strategy} runs beside fine-tuned ones")
+                rows += untested(NAME, [question],
+                                 f"no ok {strategy} runs beside ok fine-tuned ones")
                 continue
             table = _table(ds, name)
             pairs = [(key, _effect(name, value, table[("finetune", key)]))
@@ -240,7 +241,8 @@ def _strategies_present(ds: Any) -> list[str]:
 
 
 def strategy_effects(ds: Any, path: str | Path) -> None:
-    """Velocity spike, norm dip and forgetting at boundary 1 per strategy, each run a point."""
+    """Velocity spike, norm dip and forgetting at the first boundary per strategy, each run a
+    point."""
     plt = plots.pyplot()
     names = [*EFFECT_MEASURES, "boundary_forgetting"]
     labels = [*EFFECT_MEASURES.values(), "forgetting across the boundary"]
@@ -258,21 +260,22 @@ def strategy_effects(ds: Any, path: str | Path) -> None:
                 ax.plot([k - 0.25, k + 0.25], [np.median(values)] * 2, color="k", lw=1.5)
         ax.set_xticks(range(len(order)), order)
         ax.set_ylabel(label)
-    axes[0].set_yscale("log")
-    plots.finish(fig, "Strategies at the first boundary (matched two-task runs)"
+    if any((line.get_ydata() > 0).any() for line in axes[0].lines):
+        axes[0].set_yscale("log")
+    plots.finish(fig, "Strategies at the first boundary (matched runs)"
                  f"{plots.status_note(ds)}", path)
 
 
 def _matched(ds: Any) -> np.ndarray:
-    """The two-task runs of the strategy comparison: every run whose other sweep values some
-    run of another strategy shares (fine-tuned runs without a counterpart stay out)."""
+    """The runs of the strategy comparison: every run with a boundary whose other sweep values
+    some run of another strategy shares (fine-tuned runs without a counterpart stay out)."""
     from ntkpipe.sweep import SWEEP_KEYS
 
     keys = [k for k in SWEEP_KEYS if k in ds.coords and k != "strategy"]
     key = [tuple(str(ds[k].values[i]) for k in keys) for i in range(ds.sizes["run"])]
     strategy = ds["strategy"].values
     others = {key[i] for i in range(len(key)) if strategy[i] != "finetune"}
-    return np.array([key[i] in others for i in range(len(key))]) & (ds["n_tasks"].values == 2)
+    return np.array([key[i] in others for i in range(len(key))]) & (ds["n_tasks"].values >= 2)
 
 
 def sequence_measures(ds: Any, path: str | Path) -> None:
@@ -308,7 +311,8 @@ def reactivation_forgetting(ds: Any, path: str | Path) -> None:
         y = ds["boundary_forgetting"].values[pick].ravel()
         ok = np.isfinite(x) & np.isfinite(y)
         ax.plot(x[ok], y[ok], "o", color=f"C{k}", alpha=0.7, label=strategy)
-    ax.set_xscale("log")
+    if any((line.get_xdata() > 0).any() for line in ax.lines):
+        ax.set_xscale("log")
     ax.set_xlabel("velocity spike at the boundary")
     ax.set_ylabel("forgetting across the boundary")
     ax.legend(fontsize=8)
