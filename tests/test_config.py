@@ -237,7 +237,7 @@ def test_stopping_rules_by_loss_and_optimizer():
     assert max_epochs(phase1, "gd") == 900 and max_epochs(phase1, "sgd") == 30
     plain = config.validate(BASE)["train"]["phase1"]
     assert target_loss(plain, "mse") is None and max_epochs(plain, "gd") == 100
-    assert target_loss({"target_loss": 0.1}, "cross_entropy") == 0.1
+    assert target_loss({"target_loss": 0.1}, "cross_entropy") == pytest.approx(0.1)
 
 
 def test_run_analyses_are_the_union_of_the_sweeps_of_a_run():

@@ -184,7 +184,7 @@ def test_mnist_reads_idx(tmp_path, subdir, suffix):
         assert x.shape == (n, 1, 28, 28) and x.dtype == torch.float32
         assert y.dtype == torch.int64 and y.tolist() == [(3 * k) % 10 for k in range(n)]
         lit = x[:, 0].nonzero().tolist()
-        assert lit == [[k, k, 27 - k] for k in range(n)] and x.max() == 1.0
+        assert lit == [[k, k, 27 - k] for k in range(n)] and float(x.max()) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("corrupt,message", [
@@ -242,7 +242,8 @@ def test_cifar_reads_pickles(tmp_path, name, py2, point_at_folder):
         expected = [lab for i in range(len(files)) for lab in cifar_images(PER_FILE, offset + i)[1]]
         assert y.tolist() == expected
         k = PER_FILE - 1  # image k of each file has only green (k, 2k) lit
-        assert x[k, 1, k, 2 * k] == 1.0 and x[k].sum() == 1.0
+        assert float(x[k, 1, k, 2 * k]) == pytest.approx(1.0)
+        assert float(x[k].sum()) == pytest.approx(1.0)
 
 
 @pytest.mark.parametrize("content,message", [

@@ -85,6 +85,13 @@ def code_hash(*modules: str) -> str:
     return digest.hexdigest()[:16]
 
 
+def export_source_path(basedir: str) -> None:
+    """Put the workflow's src/ first on the PYTHONPATH its jobs inherit, so a job in a conda
+    env (which holds the dependencies, not ntkpipe) imports ntkpipe from this checkout."""
+    paths = [os.path.join(basedir, "src"), os.environ.get("PYTHONPATH", "")]
+    os.environ["PYTHONPATH"] = os.pathsep.join(p for p in paths if p)
+
+
 def _report_input_errors(log: Any, terminal: Any, log_path: Path) -> Callable[..., None]:
     """An excepthook: bad input (a missing, truncated or malformed file, an impossible split)
     becomes one line naming the problem, in the log and on the terminal, and exit status 1;

@@ -26,10 +26,7 @@ except ntkcustom.InputError as err:
 # dependencies and the jobs import ntkpipe from this checkout's src/ (where an install of it
 # exists, as in `make install`'s venv, it is this same src/)
 CONDA_ENV = os.path.join(workflow.basedir, "envs", "ntkpipe.yaml")
-# (`snakemake --lint` asks for an envvars directive here: that asserts variables the user must
-# set, while this one the workflow sets itself, so it stays a lint by design)
-_paths = [os.path.join(workflow.basedir, "src"), os.environ.get("PYTHONPATH", "")]
-os.environ["PYTHONPATH"] = os.pathsep.join(p for p in _paths if p)
+ntksmk.export_source_path(workflow.basedir)
 STUDIES = ntkstudies.load_all(config["studies"])
 STUDY = {study.name: study for study in STUDIES}
 STUDY_SPECS = {study.name: spec for study, spec in zip(STUDIES, config["studies"])}
