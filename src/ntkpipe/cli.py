@@ -117,15 +117,11 @@ def _metrics_info(path: Path) -> dict[str, Any]:
     return jsonable(info)
 
 
-def _inputs_state(config_path: str) -> str:
+def _inputs_state(cfg: dict[str, Any]) -> str:
     """What the plan depends on outside the repository and results: the source of the
     config's own model factories and dataset loaders, and the dataset files."""
     from ntkpipe import custom
 
-    try:
-        cfg = ntkconfig.load(config_path)
-    except InputError:
-        return ""
     parts = []
     for entry in [*cfg["models"].values(), *cfg["datasets"].values()]:
         target = entry.get("factory") or entry.get("loader")
@@ -147,7 +143,8 @@ def _inputs_state(config_path: str) -> str:
     return "\n".join(parts)
 
 
-def _workflow_state(config_path: str, snakefile: Path, results: Path) -> str:
+def _workflow_state(config_path: str, snakefile: Path, results: Path,
+                    cfg: dict[str, Any]) -> str:
     """A digest of what Snakemake's plan depends on: the config file, the workflow's and the
     package's source, your own models' and datasets' source and files, and every output's
     size and modification time."""
@@ -156,7 +153,7 @@ def _workflow_state(config_path: str, snakefile: Path, results: Path) -> str:
     import ntkpipe
 
     digest = hashlib.sha256(Path(config_path).read_bytes())
-    digest.update(_inputs_state(config_path).encode())
+    digest.update(_inputs_state(cfg).encode())
     roots = [snakefile.parent / "workflow", Path(ntkpipe.__file__).parent]
     files = [snakefile] + [p for root in roots if root.is_dir() for p in sorted(root.rglob("*"))
                            if p.suffix in (".py", ".smk", ".yaml", ".rst")]
@@ -184,16 +181,17 @@ def _save_cache(path: Path, value: dict[str, Any]) -> None:
     from ntkpipe import store
 
     try:
-        with store.atomic_path(path) as tmp:
-            Path(tmp).write_text(json.dumps(value))
+        store.write_json(value, path)
     except OSError:
         pass  # a read-only results tree: answer without remembering
 
 
-def cached_plan(config_path: str, snakefile: Path, results: Path) -> dict[str, str] | None:
+def cached_plan(config_path: str, snakefile: Path, results: Path,
+                cfg: dict[str, Any] | None = None) -> dict[str, str] | None:
     """`snakemake_plan`, remembered under results/.cache until the config, the code or any
     output changes (Snakemake's --summary takes seconds; a repeated `ntkpipe runs` need not)."""
-    state = _workflow_state(config_path, snakefile, results)
+    cfg = cfg if cfg is not None else ntkconfig.load(config_path)
+    state = _workflow_state(config_path, snakefile, results, cfg)
     path = results / ".cache" / "plan.json"
     cached = _load_cache(path)
     if cached.get("state") == state:
@@ -210,7 +208,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     points = sweep.all_points(cfg)
     varying = [k for k in sweep.SWEEP_KEYS if len({p[k] for p in points}) > 1]
     snakefile = Path(args.snakefile)
-    plan = cached_plan(args.config, snakefile, results) if snakefile.is_file() else None
+    plan = cached_plan(args.config, snakefile, results, cfg) if snakefile.is_file() else None
     try:
         points = sweep.select(points, args.select)
     except ValueError as err:

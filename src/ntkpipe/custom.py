@@ -65,6 +65,23 @@ def is_import_path(text: str) -> bool:
     return bool(_MODULE_TARGET.fullmatch(text))
 
 
+def import_file(path: Path, name: str) -> Any:
+    """The module a .py file defines, imported once under `name` (registered in sys.modules,
+    where pickling and dataclasses look it up; left out again when it fails to import)."""
+    module = sys.modules.get(name)
+    if module is not None:
+        return module
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
 def resolve(target: str, what: str = "factory") -> Callable[..., Any]:
     """The function `package.module:function` or `path/to/file.py:function` names."""
     if _FILE_TARGET.fullmatch(target):
@@ -74,17 +91,11 @@ def resolve(target: str, what: str = "factory") -> Callable[..., Any]:
             raise CustomCodeError(f"{what} {target!r}: file {file} does not exist (paths are "
                                   "relative to the working directory)")
         module_name = f"ntkpipe_user_{hashlib.sha1(str(path).encode()).hexdigest()[:12]}"
-        module = sys.modules.get(module_name)
-        if module is None:
-            spec = importlib.util.spec_from_file_location(module_name, path)
-            module = importlib.util.module_from_spec(spec)
-            sys.modules[module_name] = module  # pickling and dataclasses look it up by name
-            try:
-                spec.loader.exec_module(module)
-            except Exception as err:
-                del sys.modules[module_name]
-                raise CustomCodeError(f"{what} {target!r}: {file} fails to import: "
-                                      f"{type(err).__name__}: {err}") from None
+        try:
+            module = import_file(path, module_name)
+        except Exception as err:
+            raise CustomCodeError(f"{what} {target!r}: {file} fails to import: "
+                                  f"{type(err).__name__}: {err}") from None
     elif _MODULE_TARGET.fullmatch(target):
         module_path, name = target.split(":")
         try:
@@ -110,14 +121,22 @@ def source(target: str) -> str:
     return str(Path(head).resolve()) if head.endswith(".py") else head
 
 
-def code_hash(target: str) -> str:
-    """SHA-256 (16 hex digits) of the target's source and what it imports from its package."""
+def code_hash(target: str, what: str = "factory") -> str:
+    """SHA-256 (16 hex digits) of the target's source and what it imports from its package;
+    CustomCodeError, worded as `resolve` words it, when the source is not there."""
     from ntkpipe.smk import code_hash as hash_modules
 
+    head = target.rsplit(":", 1)[0]
+    if head.endswith(".py") and not Path(head).is_file():
+        raise CustomCodeError(f"{what} {target!r}: file {head} does not exist (paths are "
+                              "relative to the working directory)")
     try:
         return hash_modules(source(target))
-    except (ImportError, OSError) as err:
-        raise CustomCodeError(f"{target!r}: its source cannot be read ({err})") from None
+    except ImportError:
+        raise CustomCodeError(f"{what} {target!r} does not import (no module {head}); is its "
+                              "package on PYTHONPATH (or give path/to/file.py:function)?") from None
+    except OSError as err:
+        raise CustomCodeError(f"{what} {target!r}: its source cannot be read ({err})") from None
 
 
 # ------------------------------------------------------------------------------ config lookup
@@ -314,11 +333,10 @@ def _cached(cache: str | Path | None, key: dict[str, Any], compute: Callable[[],
 
 
 def _remember(passed: list[tuple[Path, dict[str, Any]]]) -> None:
-    from ntkpipe.store import atomic_path
+    from ntkpipe.store import write_json
 
     for path, result in passed:
-        with atomic_path(path) as tmp:
-            Path(tmp).write_text(json.dumps(result, sort_keys=True))
+        write_json(result, path)
 
 
 def builtin_shape(name: str, config: dict[str, Any]) -> tuple[tuple[int, ...], int]:
@@ -335,7 +353,7 @@ def dataset_summary(config: dict[str, Any], name: str, cache: str | Path | None 
     """{input_shape, num_classes, train, test} of a custom dataset, its loader run once per
     change of its code, options or files."""
     spec = dataset_spec(config, name)
-    key = {"kind": "dataset", "spec": spec, "code": code_hash(spec["loader"]),
+    key = {"kind": "dataset", "spec": spec, "code": code_hash(spec["loader"], "loader"),
            "files": _files_state(spec["files"])}
 
     def compute() -> dict[str, Any]:
@@ -363,7 +381,6 @@ def check(config: dict[str, Any], points: list[dict[str, Any]],
     if not any(model_spec(config, p["arch"]) or dataset_spec(config, p["dataset"])
                for p in points):
         return lines
-    check_sweep_keys(config)
     passed: list[tuple[Path, dict[str, Any]]] = []
     datasets: dict[str, tuple[tuple[int, ...], int]] = {}
     for point in points:
@@ -383,29 +400,42 @@ def check(config: dict[str, Any], points: list[dict[str, Any]],
         if spec is None:
             continue
         name = point["dataset"]
-        in_shape, classes = datasets.get(name) or builtin_shape(name, config)
         offered = offered_values(config, point)
-        factory = resolve(spec["factory"])
-        args = factory_arguments(factory, spec["kwargs"], offered)
-        combo = json.dumps([spec, in_shape, classes, args, point["seed"]], sort_keys=True,
-                           default=str)
+        # the key holds only what the config says (nothing imported): a remembered pass costs
+        # no import of the factory, torch or the dataset on the next parse (every SLURM job)
+        key = {"kind": "model", "spec": spec, "code": code_hash(spec["factory"]),
+               "dataset": datasets.get(name) or [name, config["dataset"]["image_size"]],
+               "offered": offered, "seed": point["seed"],
+               "sweeps": _swept(config, point["arch"])}
+        combo = json.dumps(key, sort_keys=True, default=str)
         if combo in seen:
             continue
         seen.add(combo)
-        key = {"kind": "model", "spec": spec, "code": code_hash(spec["factory"]),
-               "in_shape": in_shape, "classes": classes, "args": args, "seed": point["seed"]}
 
-        def compute(spec=spec, in_shape=in_shape, classes=classes, offered=offered,
-                    seed=point["seed"]) -> dict[str, Any]:
+        def compute(spec=spec, name=name, offered=offered, seed=point["seed"],
+                    arch=point["arch"]) -> dict[str, Any]:
+            check_sweep_keys(config)
+            in_shape, classes = datasets.get(name) or builtin_shape(name, config)
+            args = factory_arguments(resolve(spec["factory"]), spec["kwargs"], offered)
             model = build_model(spec, in_shape, classes, seed=seed, **offered)
-            check_model(model, in_shape, classes, point["arch"])
-            return {"parameters": sum(p.numel() for p in model.parameters() if p.requires_grad)}
+            check_model(model, in_shape, classes, arch)
+            return {"parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
+                    "in_shape": list(in_shape), "classes": classes, "arguments": sorted(args)}
 
         info = _cached(cache, key, compute, passed)
-        lines.append(f"model {point['arch']} on {name} {in_shape} -> {classes} outputs: "
-                     f"{info['parameters']} parameters (arguments {sorted(args)})")
+        lines.append(f"model {point['arch']} on {name} {tuple(info['in_shape'])} -> "
+                     f"{info['classes']} outputs: {info['parameters']} parameters "
+                     f"(arguments {info['arguments']})")
     _remember(passed)
     return lines
+
+
+def _swept(config: dict[str, Any], arch: str) -> list[Any]:
+    """The width, depth and activation lists of the sweeps that run `arch` (what
+    `check_sweep_keys` judges for it)."""
+    keys = ("width", "depth", "activation")
+    return [[sweep.get(k) for k in keys] for sweep in config["sweeps"].values()
+            if arch in sweep.get("arch", [config["model"]["arch"]])]
 
 
 def check_sweep_keys(config: dict[str, Any]) -> None:

@@ -57,14 +57,11 @@ def union_table(series: list[tuple[np.ndarray, np.ndarray]]) -> tuple[np.ndarray
 def status_note(ds: Any) -> str:
     """' (k diverged, m failed to learn)' when runs in `ds` are not ok (ntkpipe.status):
     diverged runs plot up to their divergence; every such run is left out of the scorecard."""
-    from ntkpipe.status import DIVERGED, FAILED
+    from ntkpipe.status import DIVERGED, FAILED, codes as status_codes
 
-    if "run_status" in ds:
-        codes = np.asarray(ds["run_status"].values, dtype=float)
-        diverged, failed = int((codes == DIVERGED).sum()), int((codes == FAILED).sum())
-    else:
-        diverged = int((ds["diverged_step"] >= 0).sum()) if "diverged_step" in ds else 0
-        failed = 0
+    codes = status_codes(ds)
+    codes = np.zeros(0) if codes is None else codes
+    diverged, failed = int((codes == DIVERGED).sum()), int((codes == FAILED).sum())
     parts = [f"{diverged} diverged"] * bool(diverged) + [f"{failed} failed to learn"] * bool(failed)
     return f" ({', '.join(parts)})" if parts else ""
 

@@ -68,13 +68,10 @@ def usable(ds: Any) -> tuple[Any, dict[str, int]]:
     """The summary without the runs that are not ok (ntkpipe.status: diverged, failed to
     learn), and how many of each were left out. Older summaries without `run_status` fall back
     to `diverged_step`."""
-    from ntkpipe.status import DIVERGED, FAILED
+    from ntkpipe.status import DIVERGED, FAILED, codes as status_codes
 
-    if "run_status" in ds:  # NaN: a run from before statuses, judged ok like status.names
-        codes = np.nan_to_num(np.asarray(ds["run_status"].values, dtype=float), nan=0.0)
-    elif "diverged_step" in ds:
-        codes = np.where(np.asarray(ds["diverged_step"].values) >= 0, DIVERGED, 0)
-    else:
+    codes = status_codes(ds)
+    if codes is None:
         return ds, {}
     counts = {"diverged": int((codes == DIVERGED).sum()),
               "failed to learn": int((codes == FAILED).sum())}
@@ -264,8 +261,6 @@ def combine(paths: list[str | Path], out: str | Path, *,
             sidecar: str | Path | None = None) -> None:
     """The studies' scorecards, in the given order, as one CSV (atomically), and its
     provenance as JSON in `sidecar` (a CSV has no place for attributes)."""
-    import json
-
     from ntkpipe import store
 
     with store.atomic_path(out) as tmp, open(tmp, "w", newline="") as handle:
@@ -274,6 +269,4 @@ def combine(paths: list[str | Path], out: str | Path, *,
         for path in paths:
             writer.writerows(read(path))
     if sidecar is not None:
-        with store.atomic_path(sidecar) as tmp:
-            Path(tmp).write_text(json.dumps({"file": Path(out).name, **(provenance or {})},
-                                            sort_keys=True, indent=1) + "\n")
+        store.write_json({"file": Path(out).name, **(provenance or {})}, sidecar, indent=1)

@@ -52,6 +52,16 @@ def classify(diverged_step: int, end_accuracy: np.ndarray, chance: np.ndarray,
     return OK, ""
 
 
+def codes(ds: object) -> np.ndarray | None:
+    """The status code of each run of a summary (None: it records none): `run_status` (NaN, a
+    run from before statuses: ok), else `diverged_step` for older summaries."""
+    if "run_status" in ds:
+        return np.nan_to_num(np.asarray(ds["run_status"].values, dtype=float), nan=float(OK))
+    if "diverged_step" in ds:
+        return np.where(np.asarray(ds["diverged_step"].values) >= 0, DIVERGED, OK).astype(float)
+    return None
+
+
 def names(codes: np.ndarray) -> np.ndarray:
     """Status names of status codes (NaN, for a run without one: 'ok')."""
     codes = np.asarray(codes, dtype=float)

@@ -84,6 +84,13 @@ def _free(where: Path) -> str:
         return "unknown space"
 
 
+def write_json(value: Any, path: str | Path, indent: int | None = None) -> None:
+    """`value` as JSON with sorted keys (a trailing newline when indented), atomically."""
+    text = json.dumps(value, sort_keys=True, indent=indent) + ("\n" if indent else "")
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(text)
+
+
 def save_torch(obj: Any, path: str | Path) -> None:
     """torch.save, atomically."""
     import torch

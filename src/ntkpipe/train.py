@@ -282,9 +282,13 @@ def make_optimizer(model: nn.Module, schedule: Schedule) -> torch.optim.Optimize
     return torch.optim.SGD(model.parameters(), lr=schedule.lr, momentum=schedule.momentum)
 
 
+def _full_batch(optimizer: str, batch_size: int | str) -> bool:
+    return optimizer == "gd" or batch_size == "full"
+
+
 def _batches(n: int, batch_size: int | str, optimizer: str, generator: torch.Generator,
              device: torch.device) -> list[torch.Tensor]:
-    if optimizer == "gd" or batch_size == "full":
+    if _full_batch(optimizer, batch_size):
         return [torch.arange(n, device=device)]
     order = torch.randperm(n, generator=generator).to(device)
     return list(order.split(int(batch_size)))
@@ -399,7 +403,7 @@ def train_tasks(model: nn.Module, tasks: list[TaskSpec], schedule: Schedule, *,
                 schedule.seed * 1_000_003 + task.number * 10_007 + record.epoch)
             replay = torch.Generator().manual_seed(
                 schedule.seed * 1_000_003 + task.number * 10_007 + record.epoch + 7_777_777)
-            full = schedule.optimizer == "gd" or schedule.batch_size == "full"
+            full = _full_batch(schedule.optimizer, schedule.batch_size)
             for idx in _batches(n, schedule.batch_size, schedule.optimizer, generator, device):
                 optimizer.zero_grad(set_to_none=True)
                 x, y = task.x[idx], task.y[idx]

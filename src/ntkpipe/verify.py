@@ -132,11 +132,14 @@ def _split_of(run: str) -> dict[str, str]:
     return {k: parts.get(k, "") for k in ("dataset", "classes_per_task", "seed")}
 
 
-def _task_shift(shift: str) -> str:
-    """The task-sequence part of a run's shift id (every strategy shares the sequence)."""
-    from ntkpipe.sweep import TASK_KEYS
+def _task_shift(shift: str) -> str | None:
+    """The task sequence of a run's shift id (`sweep.tasks_id`; None: not a shift id)."""
+    from ntkpipe.sweep import tasks_id
 
-    return "/".join(s for s in shift.split("/") if s.split("~")[0] in TASK_KEYS)
+    try:
+        return tasks_id(shift)
+    except ValueError:
+        return None
 
 
 def dependents(path: Path, results: Path) -> list[Path]:

@@ -221,7 +221,7 @@ def dataset_custom(wildcards):
     spec = ntkcustom.dataset_spec(config, wildcards.dataset)
     if spec is None:
         return None
-    return {**spec, "code": ntkcustom.code_hash(spec["loader"])}
+    return {**spec, "code": ntkcustom.code_hash(spec["loader"], "loader")}
 
 
 # Per-run files a study's measures may read, by kind.

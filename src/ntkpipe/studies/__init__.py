@@ -8,9 +8,7 @@ list and knows no study by name.
 from __future__ import annotations
 
 import importlib
-import importlib.util
 import re
-import sys
 from dataclasses import replace
 from functools import lru_cache
 from pathlib import Path
@@ -35,12 +33,13 @@ def _import(spec: str):
         path = Path(spec).resolve()
         if not path.is_file():
             raise StudyError(f"study file {spec} does not exist")
-        name = f"ntkpipe_user_study_{re.sub(r'[^0-9A-Za-z_]', '_', path.stem)}"
-        module_spec = importlib.util.spec_from_file_location(name, path)
-        module = importlib.util.module_from_spec(module_spec)
-        sys.modules[name] = module  # dataclasses and pickling look a module up by name
-        module_spec.loader.exec_module(module)
-        return module
+        import hashlib
+
+        from ntkpipe.custom import import_file
+
+        stem = re.sub(r"[^0-9A-Za-z_]", "_", path.stem)  # one module per file, named for it
+        return import_file(path, f"ntkpipe_user_study_{stem}_"
+                                 f"{hashlib.sha1(str(path).encode()).hexdigest()[:8]}")
     if not re.fullmatch(r"[A-Za-z_]\w*(\.[A-Za-z_]\w*)*", spec):
         raise StudyError(f"study {spec!r} is neither a built-in ({', '.join(BUILTIN)}), a "
                          "module path (package.module) nor a .py file")

@@ -79,19 +79,21 @@ def _canonical(ds: Any) -> Any:
     return ds.isel(run=sorted(range(len(keys)), key=keys.__getitem__))
 
 
-def _table(ds: Any, name: str, boundary: int = 1) -> dict[tuple, float]:
-    """{(strategy, the run's other sweep values): value at `boundary`} of one measure."""
+def _run_keys(ds: Any) -> list[tuple[str, ...]]:
+    """Each run's sweep values but its strategy: what matches runs across strategies."""
     from ntkpipe.sweep import SWEEP_KEYS
 
     keys = [k for k in SWEEP_KEYS if k in ds.coords and k != "strategy"]
+    return [tuple(str(ds[k].values[i]) for k in keys) for i in range(ds.sizes["run"])]
+
+
+def _table(ds: Any, name: str, boundary: int = 1) -> dict[tuple, float]:
+    """{(strategy, the run's other sweep values): value at `boundary`} of one measure."""
     if "boundary" not in ds.dims or boundary not in ds["boundary"].values:
         return {}
     values = ds[name].sel(boundary=boundary).values
-    out = {}
-    for i in range(ds.sizes["run"]):
-        key = tuple(str(ds[k].values[i]) for k in keys)
-        out[(str(ds["strategy"].values[i]), key)] = float(values[i])
-    return out
+    return {(str(s), key): float(v)
+            for s, key, v in zip(ds["strategy"].values, _run_keys(ds), values)}
 
 
 def _seed_axis(pairs: list[tuple[str, float]]) -> np.ndarray:
@@ -235,6 +237,10 @@ def _has_measures(ds: Any) -> bool:
 
 # ---- figures ----------------------------------------------------------------------------------
 
+# the measures the figures draw, one panel each
+PANELS = {**EFFECT_MEASURES, "boundary_forgetting": "forgetting across the boundary"}
+
+
 def _strategies_present(ds: Any) -> list[str]:
     present = set(ds["strategy"].values) if "strategy" in ds.coords else {"finetune"}
     return [s for s in ("finetune", *STRATEGIES) if s in present]
@@ -244,8 +250,7 @@ def strategy_effects(ds: Any, path: str | Path) -> None:
     """Velocity spike, norm dip and forgetting at the first boundary per strategy, each run a
     point."""
     plt = plots.pyplot()
-    names = [*EFFECT_MEASURES, "boundary_forgetting"]
-    labels = [*EFFECT_MEASURES.values(), "forgetting across the boundary"]
+    names, labels = zip(*PANELS.items())
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6))
     order = _strategies_present(ds)
     matched = _matched(ds)
@@ -269,10 +274,7 @@ def strategy_effects(ds: Any, path: str | Path) -> None:
 def _matched(ds: Any) -> np.ndarray:
     """The runs of the strategy comparison: every run with a boundary whose other sweep values
     some run of another strategy shares (fine-tuned runs without a counterpart stay out)."""
-    from ntkpipe.sweep import SWEEP_KEYS
-
-    keys = [k for k in SWEEP_KEYS if k in ds.coords and k != "strategy"]
-    key = [tuple(str(ds[k].values[i]) for k in keys) for i in range(ds.sizes["run"])]
+    key = _run_keys(ds)
     strategy = ds["strategy"].values
     others = {key[i] for i in range(len(key)) if strategy[i] != "finetune"}
     return np.array([key[i] in others for i in range(len(key))]) & (ds["n_tasks"].values >= 2)
@@ -282,8 +284,7 @@ def sequence_measures(ds: Any, path: str | Path) -> None:
     """Each measure against the boundary index along the long sequences, per strategy (the
     mean over runs with their min–max band)."""
     plt = plots.pyplot()
-    names = [*EFFECT_MEASURES, "boundary_forgetting"]
-    labels = [*EFFECT_MEASURES.values(), "forgetting across the boundary"]
+    names, labels = zip(*PANELS.items())
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.6))
     long = ds["n_tasks"].values >= 3
     boundaries = ds["boundary"].values
