@@ -449,3 +449,24 @@ def test_error_parameter_shared_between_modules():
     x = torch.randn(3, 3)
     torch.testing.assert_close(empirical_ntk(model, x, implementation="reference"),
                                reference_ntk(model, x))
+
+
+def test_the_last_hidden_linear_takes_the_rank_one_readout_form():
+    model = make_mlp(16, 32, 2, 10).eval()
+    x = torch.randn(64, 16)
+    forms = {row["layer"]: row["form"] for row in ntk.kernel_plan(model, x, mode="full")}
+    assert forms["3"] == "readout"
+    for mode in MODES:
+        assert_matches_reference(model, x[:9], mode=mode, per_layer=True)
+
+
+def test_features_are_kept_and_chunks_sized_for_the_cache_on_cpu():
+    model = build_model("cnn", (3, 16, 16), 10, width=16, depth=2, activation="relu",
+                        regime="feature").eval()
+    x = torch.randn(200, 3, 16, 16)
+    plan = ntk._plan(model, x, x, True, 10, "full", "auto", False)
+    feat, transient, _ = ntk._per_sample_elems(plan, "full")
+    sizes = ntk._chunk_plan(plan, 200, 0, "full", 4, 2 ** 34, "cpu")
+    assert sizes.cache_all and sizes.tile == 200
+    assert sizes.chunk == max(ntk.MIN_CHUNK, ntk.CACHE_BYTES // (4 * (transient - feat)))
+    assert ntk._chunk_plan(plan, 200, 0, "full", 4, 2 ** 34, "cuda").chunk == 200

@@ -33,8 +33,9 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev, vmap
 
 from ntkpipe.ntk_backward import Chain, backward, forward_tape, plan_chain
-from ntkpipe.ntk_layers import (LayerSpec, add_block, build_elems, choose_form, feature_elems,
-                                layer_features, pair_elems, readout_features)
+from ntkpipe.ntk_layers import (SLAB_ELEMS, LayerSpec, add_block, build_elems, choose_form,
+                                feature_elems, layer_features, mix_columns, pair_elems,
+                                rank_one, readout_features)
 
 MODES = ("full", "trace", "per_output", "sum_logits")
 IMPLEMENTATIONS = ("auto", "factorised", "jacobian", "structured", "reference")
@@ -42,6 +43,15 @@ DEFAULT_MEMORY_FRACTION = 0.5
 # Gram rows per diagonal leaf tile: smaller matmuls lose more than symmetry saves (and on a
 # shared machine every small parallel op waits for the busier core).
 LEAF_ROWS = 512
+# Safety factor on the modelled transients (the allocator rounds, kernels keep workspaces).
+TRANSIENT_MARGIN = 1.25
+# On the CPU a chunk's transients are kept near this size: the cotangents of a chunk then stay
+# in cache between the backward steps and the feature products (measured: CNN (a) 0.47 s at 16
+# samples per chunk against 0.65 s at 256; benchmarks/README.md).
+CACHE_BYTES = 48 * 2 ** 20
+MIN_CHUNK = 8
+# Per-chunk overhead of a feature build, in sample-equivalents (Python dispatch, small kernels).
+CHUNK_OVERHEAD = 4
 
 
 # ---------------------------------------------------------------------------------------------
@@ -378,10 +388,12 @@ def _engine(plan: _Plan, x1: Tensor, x2: Tensor, symmetric: bool, mode: str, per
             budget: int) -> Tensor:
     """Loop over chunk pairs (only i ≤ j when symmetric) and their tiles, summing layers."""
     n1, n2, o = x1.shape[0], x2.shape[0], plan.cot.shape[0]
-    sizes = _chunk_plan(plan, n1, 0 if symmetric else n2, mode, x1.element_size(), budget)
+    sizes = _chunk_plan(plan, n1, 0 if symmetric else n2, mode, x1.element_size(), budget,
+                        x1.device.type)
     n_layers = len(plan.names) if per_layer else 1
-    result = torch.zeros((n_layers,) + _result_shape(mode, n1, n2, o), dtype=x1.dtype,
-                         device=x1.device)
+    # Every tile writes the total; a per-layer result keeps zeros for layers never reached.
+    result = (torch.zeros if per_layer else torch.empty)(
+        (n_layers,) + _result_shape(mode, n1, n2, o), dtype=x1.dtype, device=x1.device)
     rows = _ranges(n1, sizes.chunk)
     cols = rows if symmetric else _ranges(n2, sizes.chunk)
     if sizes.cache_all:
@@ -524,28 +536,58 @@ class _Sizes:
 
 
 def _per_sample_elems(plan: _Plan, mode: str) -> tuple[int, int, int]:
-    """(stored features, transients while a chunk's features are built, tile temporaries per
-    sample pair), in elements."""
+    """(stored features, transients while a chunk's features are built — the forward tape plus
+    the largest step of the backward —, tile temporaries per sample pair), in elements."""
     chain, o = plan.chain, plan.cot.shape[0]
     specs = chain.specs
     feat = sum(feature_elems(s, s.form, o) for s in specs)
-    widest = max((math.prod(st.in_shape) + math.prod(st.out_shape) for st in chain.steps),
-                 default=0)
-    generic = max((3 * st.kept + 2 * o * (st.kept + sum(s.out_numel for s in st.specs))
-                   for st in chain.steps if st.role == "generic"), default=0)
-    build = max((build_elems(s, s.form, o) + o * s.out_numel for s in specs), default=0)
-    transient = chain.act_elems + 3 * o * widest + generic + build + feat
+    peak = max((_backward_elems(chain, k, o) for k in range(chain.first_param,
+                                                            len(chain.steps))), default=0)
+    transient = int(TRANSIENT_MARGIN * (chain.act_elems + peak)) + feat
     dirs = o * o if mode in ("full", "sum_logits") else o if mode == "per_output" else 1
     pair = 3 * dirs + max((pair_elems(s, s.form, o, mode) for s in specs), default=0)
     return feat, transient, pair
 
 
-def _chunk_plan(plan: _Plan, n1: int, n2: int, mode: str, itemsize: int,
-                budget: int) -> _Sizes:
-    """Largest chunk whose features, transients and a tile fit `budget` bytes (n2 = 0 when
-    symmetric), tiles given at most a quarter of it; refuse if one sample does not fit."""
+def _backward_elems(chain: Chain, k: int, o: int) -> int:
+    """Per-sample elements alive while the backward crosses step k: its output and input
+    cotangents (one direction inside the readout segment, O' elsewhere), the copies its
+    vector-Jacobian product makes, and the features of its layers being built."""
+    step, seg = chain.steps[k], chain.segment
+    inside = seg is not None and seg[0] <= k < seg[1]
+    out_dirs = 1 if inside else o
+    in_dirs = 1 if seg is not None and seg[0] < k <= seg[1] else o
+    out_c = out_dirs * math.prod(step.out_shape)
+    in_c = in_dirs * math.prod(step.in_shape) if k > chain.first_param else 0
+    # activations and pass-through steps work in place
+    work = max(out_c, in_c) if step.role in ("act", "pass") else out_c + in_c
+    if step.role == "generic":
+        work += 3 * step.kept + 2 * o * (step.kept + sum(s.out_numel for s in step.specs))
+    for spec in step.specs:
+        build = build_elems(spec, spec.form, o)
+        if inside and spec.form != "readout":  # R ⊗ D materialised for its features
+            build += o * spec.out_numel
+        if spec.kind == "conv" and in_c:  # the channels-last copy of the output cotangent
+            build += out_c
+        work += build
+    return work
+
+
+def _chunk_plan(plan: _Plan, n1: int, n2: int, mode: str, itemsize: int, budget: int,
+                device_type: str = "cpu") -> _Sizes:
+    """Samples per chunk and tile, and whether all features are kept, within `budget` bytes
+    (n2 = 0 when symmetric): tiles get at most a quarter of the budget; features of every
+    sample are kept unless recomputing them per chunk pair is cheaper; on the CPU a chunk's
+    transients are kept near CACHE_BYTES (smaller chunks stay in cache); refuse if one sample
+    does not fit."""
     feat, transient, pair = _per_sample_elems(plan, mode)
     largest = max(n1, n2)
+    fixed = 0
+    for spec in plan.chain.specs:  # rank-one readout blocks scale slabs of D: an eighth at most
+        if spec.form == "readout" and rank_one(spec):
+            rows = mix_columns(plan.cot.shape[0], mode) * spec.fan_out * largest
+            spec.slab_elems = min(SLAB_ELEMS, rows, budget // 8 // itemsize)
+            fixed = max(fixed, spec.slab_elems)
 
     def tile_for(chunk: int) -> int:
         room = int(math.isqrt(max(budget // 4 // (itemsize * pair), 1)))
@@ -553,15 +595,38 @@ def _chunk_plan(plan: _Plan, n1: int, n2: int, mode: str, itemsize: int,
 
     def need(chunk: int, cached: bool) -> int:
         stored = (n1 + n2) * feat if cached else 2 * chunk * feat
-        return itemsize * (stored + chunk * transient + tile_for(chunk) ** 2 * pair)
+        tile = tile_for(largest if cached else chunk)
+        return itemsize * (stored + chunk * transient + tile ** 2 * pair + fixed)
+
+    def largest_chunk(cached: bool) -> int:
+        lo, hi = 0, largest
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if need(mid, cached) <= budget else (lo, mid - 1)
+        return lo
 
     if need(1, False) > budget:
         raise ValueError(f"max_memory={budget} bytes is too small for one block of samples: it "
                          f"needs about {need(1, False)} bytes ({feat} feature and {transient} "
                          "transient elements per sample)")
-    lo, hi = 1, largest
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        lo, hi = (mid, hi) if need(mid, False) <= budget else (lo, mid - 1)
-    cache_all = need(lo, True) <= budget
-    return _Sizes(lo, tile_for(lo), cache_all)
+    uncached, cached = largest_chunk(False), largest_chunk(True)
+    if cached >= min(MIN_CHUNK, largest):
+        tile = tile_for(largest)  # tiles span the kept features, not one chunk
+        if device_type == "cpu" and not any(st.role == "generic" and st.specs
+                                            for st in plan.chain.steps):
+            # (a parametrised generic step's autograd pass costs per call: no cache rule)
+            cached = min(cached, max(MIN_CHUNK, CACHE_BYTES // (itemsize * (transient - feat))))
+        return _Sizes(cached, tile, True)
+
+    def builds(chunk: int, every_pair: bool) -> float:
+        """Samples whose features are built, with each chunk's overhead."""
+        rows = math.ceil(n1 / chunk)
+        if not every_pair:
+            work = n1 + n2
+        else:  # each row chunk with itself and the later ones, or with every column chunk
+            work = n1 * (rows + 1) / 2 if not n2 else n1 + n2 * rows
+        return work * (1 + CHUNK_OVERHEAD / chunk)
+
+    if cached and builds(cached, False) <= builds(uncached, True):
+        return _Sizes(cached, tile_for(cached), True)
+    return _Sizes(uncached, tile_for(uncached), False)

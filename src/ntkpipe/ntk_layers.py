@@ -13,7 +13,9 @@ With x̃_p = (g_w x_p, g_b) its kernel is, in three exact forms:
 arXiv:2206.08720, §3–4: structured derivatives). The readout form applies when the layer's
 output reaches a linear readout f = R u only through per-channel maps (activations, eval-mode
 BatchNorm, pooling), so that G_iacp = R_ac D_icp with D_icp = ∂u_c/∂y_cp the same for every
-output a. Normalisation layers y = γ ⊙ x̂ + β have ∂f_a/∂γ_k = Σ_p G_apk x̂_pk and
+output a. For a Linear on vectors (P = 1) H_ic = D_ic x̃_i is rank one, and the block is
+⟨x̃_i, x̃_j⟩ Σ_c R_ac R_bc D_ic D_jc, symmetric in (a, b): one Gram per output pair a ≤ b, about
+half the products of the (N·O)² Gram of the cotangents. Normalisation layers y = γ ⊙ x̂ + β have ∂f_a/∂γ_k = Σ_p G_apk x̂_pk and
 ∂f_a/∂β_k = Σ_p G_apk; a position embedding y = x + g·E has ∂f_a/∂E = g·G_a. Any other module
 with parameters gets its exact Jacobian from `torch.func`.
 
@@ -35,6 +37,8 @@ from torch.nn import functional as F
 from ntkpipe.models import Conv2d as GainedConv2d, Dense, PositionEmbedding
 
 FORMS = ("patch", "jacobian", "readout")
+# Elements a rank-one readout block may scale beyond its products (a row slab of D).
+SLAB_ELEMS = 2 ** 22
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 
@@ -58,6 +62,7 @@ class LayerSpec:
     out_numel: int = 0      # per-sample output size
     in_numel: int = 0       # per-sample input size
     readout: bool = False   # its output cotangent factorises as R ⊗ D (readout form allowed)
+    slab_elems: int = SLAB_ELEMS  # rank-one readout: room for a scaled slab of D (the planner's)
 
     @property
     def width(self) -> int:
@@ -157,8 +162,21 @@ def form_flops(spec: LayerSpec, form: str, n_out: int, mode: str, rows: int,
         return rows * build + 2 * pairs * dirs * spec.n_params
     if form == "patch":
         return pairs * p * p * (2 * g * d + 2 * dirs * c + 2 * dirs * g)
+    if rank_one(spec):
+        return pairs * (2 * d + 2 * c * mix_columns(n_out, mode) + 2 * dirs)
     mix = {"full": o * o, "sum_logits": 1, "per_output": o}.get(mode, 0)
     return rows * 2 * c * p * d + pairs * 2 * c * (d + mix)
+
+
+def rank_one(spec: LayerSpec) -> bool:
+    """Does the readout form factorise as ⟨x̃_i, x̃_j⟩ · (a Gram of D) (a Linear on vectors)?"""
+    return spec.kind == "linear" and spec.positions == 1
+
+
+def mix_columns(n_out: int, mode: str) -> int:
+    """Distinct output weightings of the rank-one readout block: pairs a ≤ b, one per output,
+    or one."""
+    return {"full": n_out * (n_out + 1) // 2, "sum_logits": 1, "per_output": n_out}.get(mode, 1)
 
 
 def feature_elems(spec: LayerSpec, form: str, n_out: int) -> int:
@@ -167,12 +185,16 @@ def feature_elems(spec: LayerSpec, form: str, n_out: int) -> int:
         return n_out * spec.n_params
     if form == "patch":
         return spec.positions * (spec.groups * spec.width + n_out * spec.fan_out)
+    if rank_one(spec):
+        return spec.fan_out + spec.width
     return spec.fan_out * spec.width
 
 
 def build_elems(spec: LayerSpec, form: str, n_out: int) -> int:
     """Elements per sample alive while a layer's features are built, beyond the cotangent."""
     p, o = spec.positions, n_out
+    if form == "readout" and rank_one(spec):
+        return 2 * (spec.fan_out + spec.width)
     if spec.kind in ("linear", "conv"):
         patches = 3 * spec.groups * spec.width * p  # unfold, augmented copy, a transpose
         return patches + {"jacobian": 2 * o * spec.n_params, "patch": 2 * o * p * spec.fan_out,
@@ -185,6 +207,10 @@ def build_elems(spec: LayerSpec, form: str, n_out: int) -> int:
 def pair_elems(spec: LayerSpec, form: str, n_out: int, mode: str) -> int:
     """Elements per sample pair of the temporaries of a layer's block in one tile."""
     dirs = _directions_per_pair(n_out, mode)
+    if form == "readout" and rank_one(spec):
+        # the input Gram, one product per mix column, their (a, b) arrangement (the scaled
+        # slab of D is the planner's fixed `slab_elems`)
+        return 1 + mix_columns(n_out, mode) + dirs
     if form == "jacobian" or (form == "readout" and mode == "trace"):
         return dirs if mode == "per_output" else 0
     if form == "readout":
@@ -316,6 +342,9 @@ def layer_features(spec: LayerSpec, x: Tensor, g: Tensor, mode: str) -> dict[str
 def readout_features(spec: LayerSpec, x: Tensor, d: Tensor, r: Tensor,
                      mode: str) -> dict[str, Tensor]:
     """Readout-form features from the input x, D = ∂u/∂y (n, *out) and R (O', c)."""
+    if rank_one(spec):
+        return {"D": d.reshape(d.shape[0], spec.fan_out), "X": augmented_input(spec, x)[:, 0, 0],
+                "M": rank_one_mix(r, mode)}
     dc = channel_major(spec, d, 1)                     # (n, c, P)
     if spec.kind == "affine":
         xh = channel_major(spec, normalised_input(spec.module, x), 1)
@@ -336,6 +365,17 @@ def readout_features(spec: LayerSpec, x: Tensor, d: Tensor, r: Tensor,
     else:
         feats["M"] = (r.T[:, :, None] * r.T[:, None, :]).reshape(r.shape[1], -1)  # (c, O'²)
     return feats
+
+
+def rank_one_mix(r: Tensor, mode: str) -> Tensor:
+    """Weights (c, m) of the rank-one readout block: R_ac R_bc for a ≤ b ("full",
+    "sum_logits"), R_ac² ("per_output"), Σ_a R_ac² ("trace")."""
+    if mode == "trace":
+        return r.square().sum(0, keepdim=True).T
+    if mode == "per_output":
+        return r.square().T
+    a, b = torch.triu_indices(r.shape[0], r.shape[0])
+    return (r[a] * r[b]).T
 
 
 def _jacobian(spec: LayerSpec, x: Tensor, g: Tensor) -> Tensor:
@@ -405,6 +445,9 @@ def add_block(spec: LayerSpec, f1: dict[str, Tensor], f2: dict[str, Tensor], s1:
     """Add the layer's kernel between samples s1 of f1 and s2 of f2 to `tile` in place."""
     if "J" in f1:
         _jacobian_block(f1["J"][s1], f2["J"][s2], mode, tile)
+    elif "D" in f1:
+        _rank_one_block(f1["D"][s1], f2["D"][s2], f1["X"][s1], f2["X"][s2], f1["M"], mode, tile,
+                        spec.slab_elems)
     elif "H" in f1:
         _readout_block(f1["H"][:, s1], f2["H"][:, s2], f1["M"], mode, tile)
     else:
@@ -433,6 +476,35 @@ def _readout_block(h1: Tensor, h2: Tensor, mix: Tensor, mode: str, tile: Tensor)
     else:
         o = tile.shape[1]
         tile.add_((k.T @ mix).view(t1, t2, o, o).permute(0, 2, 1, 3))
+
+
+def _rank_one_block(d1: Tensor, d2: Tensor, x1: Tensor, x2: Tensor, mix: Tensor, mode: str,
+                    tile: Tensor, slab_elems: int) -> None:
+    """⟨x̃1_i, x̃2_j⟩ Σ_c M_cq D1_ic D2_jc for every mix column q, placed at (a, b) and (b, a)
+    (or at its output, or the trace); rows in slabs so that the scaled copy of D1 stays within
+    the size of the products plus `slab_elems`."""
+    (t1, c), t2, m = d1.shape, d2.shape[0], mix.shape[1]
+    s = x1 @ x2.T                                                     # (t1, t2)
+    k = torch.empty(m, t1, t2, dtype=d1.dtype, device=d1.device)
+    slab = max(1, min(t1, (m * t1 * t2 + slab_elems) // (m * c)))
+    for r in range(0, t1, slab):
+        rows = slice(r, min(r + slab, t1))
+        scaled = (d1[None, rows] * mix.T[:, None, :]).view(-1, c)     # (m·slab, c)
+        if slab == t1:
+            torch.mm(scaled, d2.T, out=k.view(m * t1, t2))
+        else:
+            k[:, rows] = (scaled @ d2.T).view(m, -1, t2)
+    k.mul_(s)
+    if mode == "trace":
+        tile.add_(k[0])
+    elif mode == "per_output":
+        tile.add_(k)
+    else:
+        o = tile.shape[1]
+        a, b = torch.triu_indices(o, o, device=k.device)
+        index = torch.empty(o, o, dtype=torch.long, device=k.device)
+        index[a, b] = index[b, a] = torch.arange(m, device=k.device)
+        tile.add_(k[index.flatten()].view(o, o, t1, t2).permute(2, 0, 3, 1))
 
 
 def _patch_block(x1: Tensor, x2: Tensor, g1: Tensor, g2: Tensor, grp: int, mode: str,
