@@ -12,7 +12,8 @@ Runs in a separate environment with JAX and neural-tangents (never a dependency 
   {"cmd": "load", "npz": path}     read a network exported by ntk_bench.export_network and its
                                    inputs; answer the jit compilation time of each
                                    implementation (1 Jacobian contraction, 3 structured
-                                   derivatives; 2, NTK-vector products, where asked)
+                                   derivatives; 2, NTK-vector products, where asked) and
+                                   the error of each that failed (e.g. out of memory)
   {"cmd": "time", "impl": k}       one timed run of the compiled kernel: seconds, peak MiB
   {"cmd": "kernel", "impl": k, "out": path}   save the (N, N, O, O) kernel for the check
 The networks are written with `jax.lax` ops in torch's layouts (NCHW images, OIHW kernels,
@@ -191,12 +192,16 @@ class Peer:
         def f(trainable, x):
             return apply([_merge(a, s) for a, s in zip(trainable, static)], x)
 
-        self.fns, self.compile_s = {}, {}
+        self.fns, self.compile_s, self.failed = {}, {}, {}
         for impl in impls:
             fn = jax.jit(nt.empirical_ntk_fn(f, trace_axes=(), vmap_axes=0,
                                              implementation=impl))
             t = time.perf_counter()
-            fn(self.x, None, self.params).block_until_ready()
+            try:
+                fn(self.x, None, self.params).block_until_ready()
+            except Exception as error:  # e.g. XLA out of memory: report, keep the others
+                self.failed[impl] = f"{type(error).__name__}: {str(error).splitlines()[0]}"
+                continue
             self.compile_s[impl] = time.perf_counter() - t
             self.fns[impl] = fn
 
@@ -224,7 +229,7 @@ def serve() -> None:
             if req["cmd"] == "load":
                 peer = None
                 peer = Peer(req["npz"], req.get("impls", [1, 3]))
-                answer = {"compile_s": peer.compile_s}
+                answer = {"compile_s": peer.compile_s, "failed": peer.failed}
             elif req["cmd"] == "time":
                 answer = peer.time(req["impl"])
             elif req["cmd"] == "kernel":

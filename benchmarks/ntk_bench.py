@@ -1,7 +1,7 @@
 """Benchmark of the empirical NTK engine against neural-tangents and torch.func.
 
     python benchmarks/ntk_bench.py [--cases mlp,cnn-a,cnn-b,vit] [--rounds 3]
-                                   [--nt-python ~/ntvenv/bin/python] [--quick]
+                                   [--nt-python ~/ntvenv/bin/python] [--quick] [--device cuda]
 
 Cases (float32, full (N, N, O, O) kernel, O = 10, x2 = x1, models in eval mode):
   mlp    MLP 64→1024→1024→10 (ReLU, standard parametrisation), N = 256
@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import platform
 import statistics
@@ -96,23 +95,66 @@ def jacobian_gram(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return (j @ j.T).view(n, o, n, o).permute(0, 2, 1, 3)
 
 
+def minimal_flops(name: str, n: int, o: int = 10) -> float:
+    """FLOPs of the cheapest exact computation of the case's full symmetric kernel that we know,
+    written out by hand (independent of the engine's own FLOP model): the forward pass, the
+    cotangents of the O outputs (one direction through a readout segment), the per-layer
+    features and their Grams with every symmetric pair — samples i ≤ j, and outputs a ≤ b
+    where the block is symmetric in them — counted once."""
+    pairs = n * (n + 1) / 2
+    rows = n * o
+    gram = rows * (rows + 1) / 2                  # pairs of (sample, output) rows
+    sym_out = o * (o + 1) / 2
+    if name == "mlp":
+        d, w = 64, 1024
+        forward = 2 * n * (d * w + w * w + w * o)
+        backward = 2 * rows * w * w               # through the middle layer, O directions
+        last = pairs * 2 * (w + 1)                # δ_ab ⟨h̃2_i, h̃2_j⟩
+        middle = pairs * 2 * (w + 1) + pairs * sym_out * 2 * w   # rank-one readout form
+        first = pairs * 2 * (d + 1) + gram * 2 * w               # ⟨x̃, x̃⟩ ⊙ G1 G1ᵀ
+        return forward + backward + last + middle + first
+    if name in ("cnn-a", "cnn-b"):
+        c1, c2 = (32, 32) if name == "cnn-a" else (64, 128)
+        p1, p2, k1, k2 = 32 * 32, 16 * 16, 3 * 9 + 1, c1 * 9 + 1
+        forward = 2 * n * (p1 * c1 * (k1 - 1) + p2 * c2 * (k2 - 1) + c2 * o)
+        backward = 2 * rows * p2 * c2 * (k2 - 1)  # transposed conv 2 into conv 1's outputs
+        first = 2 * rows * c1 * p1 * k1 + gram * 2 * c1 * k1     # per-layer Jacobian, Gram
+        second = 2 * n * c2 * p2 * k2 + pairs * 2 * c2 * k2 + pairs * 2 * c2 * sym_out
+        last = pairs * 2 * (c2 + 1)
+        return forward + backward + first + second + last
+    if name == "vit":  # every layer's features meet over its tokens: the Jacobian Gram
+        model, _, _, _ = build_case("vit")
+        return gram * 2 * sum(p.numel() for p in model.parameters())
+    raise ValueError(name)
+
+
 # ---------------------------------------------------------------------------------------------
 # Measurement
 # ---------------------------------------------------------------------------------------------
 
-_MATMUL: dict[int, tuple[torch.Tensor, ...]] = {}
+_MATMUL: dict[tuple[int, str], tuple[torch.Tensor, ...]] = {}
+DEVICE = torch.device("cpu")
+
+
+def _sync() -> None:
+    """Wait for the device's queued work (a no-op on the CPU)."""
+    if DEVICE.type == "cuda":
+        torch.cuda.synchronize(DEVICE)
 
 
 def matmul_gflops(n: int = 2048, repeats: int = 2) -> float:
-    """Best fp32 throughput of an n×n by n×n matmul (operands allocated once)."""
-    if n not in _MATMUL:
-        _MATMUL[n] = (torch.randn(n, n), torch.randn(n, n), torch.empty(n, n))
-    a, b, out = _MATMUL[n]
+    """Best fp32 throughput of an n×n by n×n matmul on DEVICE (operands allocated once)."""
+    key = (n, str(DEVICE))
+    if key not in _MATMUL:
+        _MATMUL[key] = tuple(torch.randn(n, n, device=DEVICE) for _ in range(3))
+    a, b, out = _MATMUL[key]
     torch.matmul(a, b, out=out)
     best = float("inf")
     for _ in range(repeats):
+        _sync()
         t = time.perf_counter()
         torch.matmul(a, b, out=out)
+        _sync()
         best = min(best, time.perf_counter() - t)
     return 2 * n ** 3 / best / 1e9
 
@@ -134,12 +176,21 @@ def _reset_peak_rss() -> int:
 
 
 def timed(fn: Callable[[], torch.Tensor]) -> dict:
-    """Seconds and peak extra MiB of one call."""
-    rss = _reset_peak_rss()
+    """Seconds and peak extra MiB of one call (host RSS on the CPU, allocator peak on CUDA)."""
+    _sync()
+    if DEVICE.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(DEVICE)
+        base = torch.cuda.memory_allocated(DEVICE)
+    else:
+        rss = _reset_peak_rss()
     t = time.perf_counter()
     out = fn()
+    _sync()
     seconds = time.perf_counter() - t
-    peak = (_status_kib("VmHWM") - rss) / 1024
+    if DEVICE.type == "cuda":
+        peak = (torch.cuda.max_memory_allocated(DEVICE) - base) / MiB
+    else:
+        peak = (_status_kib("VmHWM") - rss) / 1024
     del out
     return {"time": seconds, "peak_mib": peak}
 
@@ -156,7 +207,11 @@ def counted_flops(fn: Callable[[], torch.Tensor]) -> int:
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             kwargs = kwargs or {}
             out = func(*args, **kwargs)
-            formula = flop_registry.get(func._overloadpacket)
+            packet = func._overloadpacket
+            formula = flop_registry.get(packet)
+            name = packet.__name__
+            if formula is None and name.endswith("_"):  # addmm_, baddbmm_: as out-of-place
+                formula = flop_registry.get(getattr(torch.ops.aten, name[:-1], None))
             if formula is not None:
                 Count.flops += formula(*args, **kwargs, out_val=out)
             return out
@@ -259,6 +314,7 @@ def run_case(name: str, rounds: int, peer: Peer | None, quick: bool, nt_impls: l
              ) -> dict:
     """Time every implementation of one case in alternated rounds."""
     model, x, label, n_func = build_case(name, quick)
+    model, x = model.to(DEVICE), x.to(DEVICE)
     n = x.shape[0]
     xf = x[:n_func]
     ours = lambda: empirical_ntk(model, x)  # noqa: E731
@@ -270,12 +326,14 @@ def run_case(name: str, rounds: int, peer: Peer | None, quick: bool, nt_impls: l
     ours_small()  # warm-up
     if peer is not None:
         with tempfile.TemporaryDirectory() as tmp:
-            export_network(model, x, f"{tmp}/net.npz")
-            info["compile_s"] = peer.ask(cmd="load", npz=f"{tmp}/net.npz", impls=nt_impls)[
-                "compile_s"]
+            export_network(model.cpu(), x.cpu(), f"{tmp}/net.npz")
+            model.to(DEVICE)
+            loaded = peer.ask(cmd="load", npz=f"{tmp}/net.npz", impls=nt_impls)
+            info["compile_s"], info["nt_failed"] = loaded["compile_s"], loaded["failed"]
+            nt_impls = [i for i in nt_impls if str(i) in info["compile_s"]]
             peer.ask(cmd="kernel", impl=nt_impls[-1], out=f"{tmp}/k.npy")
             theirs = torch.from_numpy(np.load(f"{tmp}/k.npy")).double()
-            mine = ours().double()
+            mine = ours().double().cpu()
             info["check"] = ((mine - theirs).norm() / mine.norm()).item()
     runs: dict[str, list[dict]] = {}
     for _ in range(rounds):
@@ -288,6 +346,7 @@ def run_case(name: str, rounds: int, peer: Peer | None, quick: bool, nt_impls: l
         for label_, fn in contenders.items():
             runs.setdefault(label_, []).append(timed(fn))
     info["flops"] = counted_flops(ours)
+    info["minimal"] = minimal_flops(name, n)
     info["runs"] = runs
     return info
 
@@ -305,7 +364,11 @@ def rows(info: dict) -> list[str]:
         size = n_func if impl.startswith("torch.func") or impl.startswith("ntkpipe (") else n
         ref = small if size == n_func and impl != "ntkpipe" else ours
         if impl == "ntkpipe":
-            extra = f"{flops / 1e9:.1f} GFLOP, {min(pct):.0f}–{max(pct):.0f}% of matmul " \
+            minimal = info["minimal"]
+            of_min = [100 * minimal / r["time"] / 1e9 / r["matmul"] for r in runs["ntkpipe"]]
+            extra = f"performs {flops / 1e9:.1f} GFLOP (minimal {minimal / 1e9:.1f}); " \
+                    f"minimal work at {min(of_min):.0f}–{max(of_min):.0f}%, performed at " \
+                    f"{min(pct):.0f}–{max(pct):.0f}% of matmul " \
                     f"({min(r['matmul'] for r in rs):.0f}–{max(r['matmul'] for r in rs):.0f} " \
                     "GFLOP/s)"
             ratio = ""
@@ -319,6 +382,8 @@ def rows(info: dict) -> list[str]:
         peak = max(r["peak_mib"] for r in rs)
         out.append(f"| {info['label']} | {size} | {impl} | {min(times):.3f} | "
                    f"{statistics.median(times):.3f} | {peak:.0f} | {ratio} | {extra} |")
+    for impl, error in info.get("nt_failed", {}).items():
+        out.append(f"| {info['label']} | {n} | nt-{impl} | failed | | | | {error[:90]} |")
     if info["check"] is not None:
         out.append(f"| {info['label']} | {n} | kernel check | | | | | neural-tangents vs "
                    f"ntkpipe: rel. diff {info['check']:.1e} |")
@@ -333,8 +398,15 @@ def main() -> None:
     parser.add_argument("--nt-python", default=os.environ.get("NT_PYTHON"),
                         help="python of an environment with neural-tangents (optional)")
     parser.add_argument("--nt-impls", default="1,3", help="neural-tangents implementations")
+    parser.add_argument("--device", default="cpu",
+                        help="torch device for ntkpipe and torch.func (cuda: TF32 off; the "
+                             "neural-tangents peer stays on the CPU)")
     args = parser.parse_args()
     rounds = 1 if args.quick else args.rounds
+    global DEVICE
+    DEVICE = torch.device(args.device)
+    if DEVICE.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
     peer = Peer(args.nt_python) if args.nt_python else None
     nt_impls = [int(k) for k in args.nt_impls.split(",")]
     header = ("| case | N | implementation | best (s) | median (s) | peak MiB | slower than "
@@ -349,6 +421,8 @@ def main() -> None:
     finally:
         if peer is not None:
             peer.close()
+    if DEVICE.type == "cuda":
+        print(f"\n{torch.cuda.get_device_name(DEVICE)}, TF32 off")
     print(f"\n{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
           f"torch {torch.__version__} ({torch.get_num_threads()} threads), float32, "
           f"{rounds} round(s)")

@@ -3,6 +3,8 @@ and layer option."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -470,3 +472,17 @@ def test_features_are_kept_and_chunks_sized_for_the_cache_on_cpu():
     assert sizes.cache_all and sizes.tile == 200
     assert sizes.chunk == max(ntk.MIN_CHUNK, ntk.CACHE_BYTES // (4 * (transient - feat)))
     assert ntk._chunk_plan(plan, 200, 0, "full", 4, 2 ** 34, "cuda").chunk == 200
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("mode", MODES)
+def test_cuda_matches_the_cpu_reference(mlp, cnn, vit, mode):
+    torch.manual_seed(0)
+    for model, shape in ((mlp, (6, 2, 3)), (cnn, (5, 3, 6, 6)), (vit, (5, 2, 4, 4))):
+        x = torch.randn(*shape, dtype=F64)
+        want = reference_ntk(model, x, mode=mode, per_layer=True, dtype=F64)
+        for implementation in IMPLEMENTATIONS:
+            got = empirical_ntk(copy.deepcopy(model).cuda(), x.cuda(), mode=mode,
+                                per_layer=True, dtype=F64, implementation=implementation)
+            assert got.device.type == "cuda"
+            assert rel_err(got.cpu(), want) < 1e-10
