@@ -303,7 +303,7 @@ def test_imagefolder_labels_and_channels(tmp_path, with_list):
                 assert img.sum() == 0
                 continue
             c = IMAGE_CLASSES.index(cls)  # the channel the writer lit for this class
-            assert img[c, c, c + 1] == 1.0 and img.sum() == 1.0
+            assert img[c, c, c + 1] == pytest.approx(1.0) and img.sum() == pytest.approx(1.0)
         counts = {cls: copies for cls in IMAGE_CLASSES} | {"unlisted": 1}
         expected = [lab for lab, cls in enumerate(classes) for _ in range(counts[cls])]
         assert y.tolist() == expected
@@ -373,7 +373,7 @@ def test_download_goes_through_torchvision_then_direct_reader(tmp_path, monkeypa
     assert calls == []
     x, y = load_dataset("mnist", tmp_path, train=False, download=True)
     assert calls == [(str(tmp_path), False, True)]
-    assert x.shape == (2, 1, 28, 28) and y.tolist() == [4, 2] and x.min() == 1.0
+    assert x.shape == (2, 1, 28, 28) and y.tolist() == [4, 2] and x.min() == pytest.approx(1.0)
 
 
 def test_download_failure_is_a_dataset_error(tmp_path, monkeypatch):
