@@ -95,7 +95,7 @@ def jacobian_gram(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return (j @ j.T).view(n, o, n, o).permute(0, 2, 1, 3)
 
 
-def minimal_flops(name: str, n: int, o: int = 10) -> float:
+def minimal_flops(name: str, model: nn.Module, n: int, o: int = 10) -> float:
     """FLOPs of the cheapest exact computation of the case's full symmetric kernel that we know,
     written out by hand (independent of the engine's own FLOP model): the forward pass, the
     cotangents of the O outputs (one direction through a readout segment), the per-layer
@@ -123,7 +123,6 @@ def minimal_flops(name: str, n: int, o: int = 10) -> float:
         last = pairs * 2 * (c2 + 1)
         return forward + backward + first + second + last
     if name == "vit":  # every layer's features meet over its tokens: the Jacobian Gram
-        model, _, _, _ = build_case("vit")
         return gram * 2 * sum(p.numel() for p in model.parameters())
     raise ValueError(name)
 
@@ -346,7 +345,7 @@ def run_case(name: str, rounds: int, peer: Peer | None, quick: bool, nt_impls: l
         for label_, fn in contenders.items():
             runs.setdefault(label_, []).append(timed(fn))
     info["flops"] = counted_flops(ours)
-    info["minimal"] = minimal_flops(name, n)
+    info["minimal"] = minimal_flops(name, model, n)
     info["runs"] = runs
     return info
 

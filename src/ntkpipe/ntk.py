@@ -610,13 +610,14 @@ def _chunk_plan(plan: _Plan, n1: int, n2: int, mode: str, itemsize: int, budget:
                          f"needs about {need(1, False)} bytes ({feat} feature and {transient} "
                          "transient elements per sample)")
     uncached, cached = largest_chunk(False), largest_chunk(True)
+    kept = _Sizes(cached, tile_for(largest), True)  # tiles span the kept features
     if cached >= min(MIN_CHUNK, largest):
-        tile = tile_for(largest)  # tiles span the kept features, not one chunk
         if device_type == "cpu" and not any(st.role == "generic" and st.specs
                                             for st in plan.chain.steps):
             # (a parametrised generic step's autograd pass costs per call: no cache rule)
-            cached = min(cached, max(MIN_CHUNK, CACHE_BYTES // (itemsize * (transient - feat))))
-        return _Sizes(cached, tile, True)
+            fits = CACHE_BYTES // (itemsize * (transient - feat))
+            kept.chunk = min(cached, max(MIN_CHUNK, fits))
+        return kept
 
     def builds(chunk: int, every_pair: bool) -> float:
         """Samples whose features are built, with each chunk's overhead."""
@@ -628,5 +629,5 @@ def _chunk_plan(plan: _Plan, n1: int, n2: int, mode: str, itemsize: int, budget:
         return work * (1 + CHUNK_OVERHEAD / chunk)
 
     if cached and builds(cached, False) <= builds(uncached, True):
-        return _Sizes(cached, tile_for(cached), True)
+        return kept
     return _Sizes(uncached, tile_for(uncached), False)

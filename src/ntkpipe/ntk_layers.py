@@ -15,8 +15,8 @@ output reaches a linear readout f = R u only through per-channel maps (activatio
 BatchNorm, pooling), so that G_iacp = R_ac D_icp with D_icp = ∂u_c/∂y_cp the same for every
 output a. For a Linear on vectors (P = 1) H_ic = D_ic x̃_i is rank one, and the block is
 ⟨x̃_i, x̃_j⟩ Σ_c R_ac R_bc D_ic D_jc, symmetric in (a, b): one Gram per output pair a ≤ b, about
-half the products of the (N·O)² Gram of the cotangents. Normalisation layers y = γ ⊙ x̂ + β have ∂f_a/∂γ_k = Σ_p G_apk x̂_pk and
-∂f_a/∂β_k = Σ_p G_apk; a position embedding y = x + g·E has ∂f_a/∂E = g·G_a. Any other module
+half the products of the (N·O)² Gram of the cotangents. Normalisation layers y = γ ⊙ x̂ + β
+have ∂f_a/∂γ_k = Σ_p G_apk x̂_pk and ∂f_a/∂β_k = Σ_p G_apk; a position embedding y = x + g·E has ∂f_a/∂E = g·G_a. Any other module
 with parameters gets its exact Jacobian from `torch.func`.
 
 Features are sample-major (sample index first), so a range of samples is a contiguous block of
@@ -374,8 +374,13 @@ def rank_one_mix(r: Tensor, mode: str) -> Tensor:
         return r.square().sum(0, keepdim=True).T
     if mode == "per_output":
         return r.square().T
-    a, b = torch.triu_indices(r.shape[0], r.shape[0])
+    a, b = output_pairs(r.shape[0], r.device)
     return (r[a] * r[b]).T
+
+
+def output_pairs(o: int, device: torch.device) -> tuple[Tensor, Tensor]:
+    """(a, b) of the output pairs a ≤ b, in the order of the rank-one mix columns."""
+    return torch.triu_indices(o, o, device=device)
 
 
 def _jacobian(spec: LayerSpec, x: Tensor, g: Tensor) -> Tensor:
@@ -501,7 +506,7 @@ def _rank_one_block(d1: Tensor, d2: Tensor, x1: Tensor, x2: Tensor, mix: Tensor,
         tile.add_(k)
     else:
         o = tile.shape[1]
-        a, b = torch.triu_indices(o, o, device=k.device)
+        a, b = output_pairs(o, k.device)
         index = torch.empty(o, o, dtype=torch.long, device=k.device)
         index[a, b] = index[b, a] = torch.arange(m, device=k.device)
         tile.add_(k[index.flatten()].view(o, o, t1, t2).permute(2, 0, 3, 1))
