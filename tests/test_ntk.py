@@ -243,7 +243,8 @@ def test_frozen_parameters_are_left_out():
 def test_chunked_and_tiled_runs_match(cnn, mlp, vit, implementation, chunk, tile, cache_all,
                                       monkeypatch):
     monkeypatch.setattr(ntk, "_chunk_plan", lambda *args: ntk._Sizes(chunk, tile, cache_all))
-    monkeypatch.setattr(ntk, "LEAF_ROWS", 2)  # diagonal tiles split inside chunks
+    monkeypatch.setattr(ntk, "PANEL_ROWS", 2)  # diagonal blocks as panels inside chunks
+    monkeypatch.setattr(ntk, "PANEL_SAMPLES", 2)
     torch.manual_seed(0)
     x1, x2 = torch.randn(7, 2, 3), torch.randn(5, 2, 3)
     for mode in MODES:
@@ -292,15 +293,16 @@ def test_the_cost_model_picks_the_readout_form_for_the_last_conv():
 
 
 def test_tiles_cover_the_upper_triangle_once():
-    tiles = ntk._tile_pairs(10, 10, True, leaf=3, limit=4)
+    tiles = ntk._tile_pairs(10, 10, True, rows=3, limit=4)
     covered = torch.zeros(10, 10, dtype=torch.int64)
     for a, b in tiles:
-        block = torch.ones(b.stop - b.start, b.stop - b.start, dtype=torch.int64).triu() \
-            if a == b else 1
+        block = torch.ones(a.stop - a.start, b.stop - b.start, dtype=torch.int64)
+        if b.start == a.start:  # a panel: from the diagonal on
+            block = block.triu()
         covered[a, b] += block
     assert torch.equal(covered, torch.ones(10, 10, dtype=torch.int64).triu())
     assert all(a.stop - a.start <= 4 and b.stop - b.start <= 4 for a, b in tiles)
-    assert max(a.stop - a.start for a, b in tiles if a == b) <= 3
+    assert max(a.stop - a.start for a, b in tiles if a.start == b.start) <= 3
 
 
 # ---------------------------------------------------------------------------------------------

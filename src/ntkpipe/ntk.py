@@ -40,9 +40,11 @@ from ntkpipe.ntk_layers import (SLAB_ELEMS, LayerSpec, add_block, build_elems, c
 MODES = ("full", "trace", "per_output", "sum_logits")
 IMPLEMENTATIONS = ("auto", "factorised", "jacobian", "structured", "reference")
 DEFAULT_MEMORY_FRACTION = 0.5
-# Gram rows per diagonal leaf tile: smaller matmuls lose more than symmetry saves (and on a
-# shared machine every small parallel op waits for the busier core).
-LEAF_ROWS = 512
+# Rows of a diagonal panel (see _tile_pairs): fewer waste less of the triangle, more keep the
+# products wide. Gram rows are samples × outputs in the "full" and "sum_logits" modes, samples
+# in the others (measured on the MLP and CNN (a) of benchmarks/ntk_bench.py).
+PANEL_ROWS = 320
+PANEL_SAMPLES = 96
 # Safety factor on the modelled transients (the allocator rounds, kernels keep workspaces).
 TRANSIENT_MARGIN = 1.25
 # On the CPU a chunk's transients are kept near this size: the cotangents of a chunk then stay
@@ -422,17 +424,19 @@ def _chunk_pair(plan: _Plan, f1: dict, f2: dict, r1: range, r2: range, symmetric
     """Every tile between the samples r1 and r2 (upper triangle only when they coincide)."""
     o = plan.cot.shape[0]
     specs = [s for s in plan.chain.specs if s.name in f1 and s.name in f2]
-    leaf = max(1, math.ceil(LEAF_ROWS / (o if mode in ("full", "sum_logits") else 1)))
-    for s1, s2 in _tile_pairs(len(r1), len(r2), symmetric and r1 == r2, leaf, sizes.tile):
+    panel = math.ceil(PANEL_ROWS / o) if mode in ("full", "sum_logits") else PANEL_SAMPLES
+    for s1, s2 in _tile_pairs(len(r1), len(r2), symmetric and r1 == r2, panel, sizes.tile):
         i = range(r1.start + s1.start, r1.start + s1.stop)
         j = range(r2.start + s2.start, r2.start + s2.stop)
         tile = torch.empty(_tile_shape(mode, len(i), len(j), o), dtype=result.dtype,
                            device=result.device)
         for layer, group in _layer_groups(plan, specs, per_layer):
-            tile.zero_()
+            if not group:
+                tile.zero_()
             with torch.no_grad():
-                for spec in group:
-                    add_block(spec, f1[spec.name], f2[spec.name], s1, s2, mode, tile)
+                for k, spec in enumerate(group):
+                    add_block(spec, f1[spec.name], f2[spec.name], s1, s2, mode, tile,
+                              overwrite=k == 0)
             _write(result[layer], tile, i, j, mode, symmetric)
 
 
@@ -452,10 +456,17 @@ def _tile_shape(mode: str, t1: int, t2: int, o: int) -> tuple[int, ...]:
 
 
 def _write(out: Tensor, tile: Tensor, i: range, j: range, mode: str, symmetric: bool) -> None:
-    """Copy a tile into the result, its mirror image too when x2 is x1; a diagonal tile is
-    averaged with its transpose so that K(x, x) is exactly symmetric."""
+    """Copy a tile into the result, its mirror image too when x2 is x1; the diagonal block of
+    a tile that starts on the diagonal is averaged with its transpose so that K(x, x) is
+    exactly symmetric."""
     if mode == "sum_logits":
         tile = tile[:, 0, :, 0]
+    if symmetric and j.start == i.start and len(j) > len(i):  # a panel: diagonal, then the rest
+        dim = 2 if mode in ("full", "per_output") else 1
+        _write(out, tile.narrow(dim, 0, len(i)), i, i, _written(mode), True)
+        _write(out, tile.narrow(dim, len(i), len(j) - len(i)), i, j[len(i):], _written(mode),
+               True)
+        return
     if mode == "full":
         block, mirror = tile.permute(0, 2, 1, 3), tile.permute(2, 0, 3, 1)
     elif mode == "per_output":
@@ -471,30 +482,25 @@ def _write(out: Tensor, tile: Tensor, i: range, j: range, mode: str, symmetric: 
         _index(out, mode, j, i).copy_(mirror)
 
 
-def _tile_pairs(n1: int, n2: int, same: bool, leaf: int, limit: int
+def _written(mode: str) -> str:
+    """The mode of a tile once `_write` has reduced it ("sum_logits" tiles become 2-D)."""
+    return "trace" if mode == "sum_logits" else mode
+
+
+def _tile_pairs(n1: int, n2: int, same: bool, rows: int, limit: int
                 ) -> list[tuple[slice, slice]]:
     """Local sample tiles of at most `limit` samples covering a chunk pair; when `same`, the
-    upper block triangle only, diagonal tiles bisected down to `leaf` samples."""
+    upper block triangle only, each diagonal block as panels of at most `rows` rows that run
+    from the diagonal to the block's end (wide products, each row block scaled once)."""
     blocks1 = _slices(n1, limit)
     if not same:
         return [(a, b) for a in blocks1 for b in _slices(n2, limit)]
     tiles: list[tuple[slice, slice]] = []
     for k, a in enumerate(blocks1):
-        _diagonal_tiles(a, leaf, tiles)
+        for start in range(a.start, a.stop, rows):
+            tiles.append((slice(start, min(start + rows, a.stop)), slice(start, a.stop)))
         tiles += [(a, b) for b in blocks1[k + 1:]]
     return tiles
-
-
-def _diagonal_tiles(s: slice, leaf: int, tiles: list[tuple[slice, slice]]) -> None:
-    """A diagonal block as its two diagonal halves (recursively) and one off-diagonal tile."""
-    if s.stop - s.start <= leaf:
-        tiles.append((s, s))
-        return
-    mid = (s.start + s.stop) // 2
-    a, b = slice(s.start, mid), slice(mid, s.stop)
-    _diagonal_tiles(a, leaf, tiles)
-    tiles.append((a, b))
-    _diagonal_tiles(b, leaf, tiles)
 
 
 def _slices(n: int, size: int) -> list[slice]:

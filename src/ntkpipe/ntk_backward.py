@@ -33,6 +33,7 @@ ELEMENTWISE = (nn.ReLU, nn.ReLU6, nn.LeakyReLU, nn.ELU, nn.SELU, nn.CELU, nn.GEL
                nn.Hardsigmoid, nn.Softsign, nn.Tanhshrink, nn.LogSigmoid)
 PASSTHROUGH = (nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.AlphaDropout)
 CHANNEL_POOLS = (nn.MaxPool2d, nn.AvgPool2d, nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
+RESHAPES = (nn.Flatten, nn.Unflatten)
 
 
 @dataclass
@@ -41,7 +42,7 @@ class Step:
 
     name: str
     module: nn.Module
-    role: str                      # "layer", "act", "pass" or "generic"
+    role: str                      # "layer", "act", "pass", "reshape", "mean" or "generic"
     specs: list[LayerSpec] = field(default_factory=list)
     in_shape: tuple[int, ...] = ()
     out_shape: tuple[int, ...] = ()
@@ -116,6 +117,10 @@ def _make_step(name: str, module: nn.Module, owned: set[int],
         return Step(name, module, "act")
     if isinstance(module, PASSTHROUGH) and not module.training:
         return Step(name, module, "pass")
+    if isinstance(module, RESHAPES):
+        return Step(name, module, "reshape")
+    if isinstance(module, nn.AdaptiveAvgPool2d) and module.output_size in (1, (1, 1)):
+        return Step(name, module, "mean")  # global average pooling
     return Step(name, module, "generic")
 
 
@@ -263,7 +268,7 @@ def _step_forward(step: Step, x: Tensor, needs_input_grad: bool) -> tuple[Tensor
             y = m(leaf.clone())  # in-place activations must not touch a leaf
             (deriv,) = torch.autograd.grad(y, leaf, torch.ones_like(y))
         return y.detach(), deriv
-    if step.role in ("pass", "layer"):
+    if step.role in ("pass", "layer", "reshape", "mean"):
         with torch.no_grad():
             return m(x), None
     if not step.specs:
@@ -356,6 +361,14 @@ def _step_backward(step: Step, entry: _Entry, g: Tensor) -> Tensor:
         return g.mul_(entry.aux.unsqueeze(1))
     if step.role == "pass":
         return g
+    if step.role == "reshape":
+        return g.reshape(*g.shape[:2], *step.in_shape)
+    if step.role == "mean":  # (n, O', C, 1, 1) spread evenly over the positions, channels last
+        n, o = g.shape[:2]
+        c, h, w = step.in_shape
+        out = g.new_empty(n, o, h, w, c)
+        out.copy_(g.reshape(n, o, 1, 1, c).div(h * w).expand_as(out))
+        return out.permute(0, 1, 4, 2, 3)
     if step.role == "generic":
         return vmap(lambda c: entry.aux(c)[0], in_dims=1, out_dims=1)(g)
     spec = step.specs[0]

@@ -281,8 +281,8 @@ def augmented_input(spec: LayerSpec, x: Tensor) -> Tensor:
 
 
 def _patches_into(module: nn.Module, x: Tensor, gain: float, out: Tensor) -> None:
-    """gain × the patches of a Conv2d (groups 1) into out (n, P, kh·kw·C_in), one strided copy
-    per kernel tap from the channels-last input (F.unfold is several times slower)."""
+    """gain × the patches of a Conv2d (groups 1) into out (n, P, kh·kw·C_in): one strided copy
+    from the channels-last input (F.unfold, or one copy per kernel tap, is 2–3× slower)."""
     n, c = x.shape[:2]
     symmetric, pads, mode = conv_padding(module)
     if any(pads):
@@ -297,11 +297,14 @@ def _patches_into(module: nn.Module, x: Tensor, gain: float, out: Tensor) -> Non
         xp = x.permute(0, 2, 3, 1)
     (kh, kw), (sh, sw), (dh, dw) = module.kernel_size, module.stride, module.dilation
     ho, wo = (xp.shape[1] - dh * (kh - 1) - 1) // sh + 1, (xp.shape[2] - dw * (kw - 1) - 1) // sw + 1
+    sn, sy, sx, sc = xp.stride()
+    src = xp.as_strided((n, ho, wo, kh, kw, c), (sn, sh * sy, sw * sx, dh * sy, dw * sx, sc),
+                        xp.storage_offset())
     taps = out.view(n, ho, wo, kh, kw, c)
-    for i in range(kh):
-        for j in range(kw):
-            src = xp[:, i * dh:i * dh + sh * (ho - 1) + 1:sh, j * dw:j * dw + sw * (wo - 1) + 1:sw]
-            torch.mul(src, gain, out=taps[:, :, :, i, j])
+    if gain == 1:
+        taps.copy_(src)
+    else:
+        torch.mul(src, gain, out=taps)
 
 
 def channel_major(spec: LayerSpec, t: Tensor, lead: int) -> Tensor:
@@ -407,7 +410,13 @@ def _jacobian(spec: LayerSpec, x: Tensor, g: Tensor) -> Tensor:
         return out.view(n, o, -1)
     patches = xt[:, 0]                                 # (n, P, d')
     merged = _try_view(gc, (n, o * spec.fan_out, spec.positions))
-    if merged is not None:  # one batched matmul straight into the buffer
+    if merged is not None and merged.stride(1) == 1 and spec.positions > 1:
+        # channels-last cotangents: Xᵀ G as one matmul over positions (1.3–1.4× faster than
+        # Gᵀ X with this layout), features ordered (d', c) within each output
+        t = torch.bmm(patches.transpose(1, 2), merged.transpose(1, 2))  # (n, d', O'·c)
+        out = out.view(n, o, spec.width, spec.fan_out)
+        out.copy_(t.view(n, spec.width, o, spec.fan_out).transpose(1, 2))
+    elif merged is not None:  # one batched matmul straight into the buffer
         torch.bmm(merged, patches, out=out.view(n, o * spec.fan_out, spec.width))
     else:
         for a in range(o):
@@ -446,45 +455,57 @@ def _module_jacobian(spec: LayerSpec, x: Tensor, g: Tensor) -> Tensor:
 # ---------------------------------------------------------------------------------------------
 
 def add_block(spec: LayerSpec, f1: dict[str, Tensor], f2: dict[str, Tensor], s1: slice,
-              s2: slice, mode: str, tile: Tensor) -> None:
-    """Add the layer's kernel between samples s1 of f1 and s2 of f2 to `tile` in place."""
+              s2: slice, mode: str, tile: Tensor, overwrite: bool = False) -> None:
+    """Add the layer's kernel between samples s1 of f1 and s2 of f2 to `tile` in place (or
+    write it there, when `overwrite`: the first layer of a tile saves zeroing it)."""
     if "J" in f1:
-        _jacobian_block(f1["J"][s1], f2["J"][s2], mode, tile)
+        _jacobian_block(f1["J"][s1], f2["J"][s2], mode, tile, overwrite)
     elif "D" in f1:
         _rank_one_block(f1["D"][s1], f2["D"][s2], f1["X"][s1], f2["X"][s2], f1["M"], mode, tile,
-                        spec.slab_elems)
+                        spec.slab_elems, overwrite)
     elif "H" in f1:
-        _readout_block(f1["H"][:, s1], f2["H"][:, s2], f1["M"], mode, tile)
+        _readout_block(f1["H"][:, s1], f2["H"][:, s2], f1["M"], mode, tile, overwrite)
     else:
         for grp in range(f1["X"].shape[1]):
             _patch_block(f1["X"][s1, grp], f2["X"][s2, grp], f1["G"][s1], f2["G"][s2], grp,
-                         mode, tile)
+                         mode, tile, overwrite and grp == 0)
 
 
-def _jacobian_block(j1: Tensor, j2: Tensor, mode: str, tile: Tensor) -> None:
+def _jacobian_block(j1: Tensor, j2: Tensor, mode: str, tile: Tensor, overwrite: bool) -> None:
     """Θ = J1 J2ᵀ."""
     (t1, o, dim), t2 = j1.shape, j2.shape[0]
+    beta = 0 if overwrite else 1
     if mode == "per_output":
-        tile.baddbmm_(j1.transpose(0, 1), j2.permute(1, 2, 0))
+        tile.baddbmm_(j1.transpose(0, 1), j2.permute(1, 2, 0), beta=beta)
     elif mode == "trace":
-        tile.addmm_(j1.reshape(t1, o * dim), j2.reshape(t2, o * dim).T)
+        tile.addmm_(j1.reshape(t1, o * dim), j2.reshape(t2, o * dim).T, beta=beta)
     else:
-        tile.view(t1 * o, t2 * o).addmm_(j1.reshape(t1 * o, dim), j2.reshape(t2 * o, dim).T)
+        tile.view(t1 * o, t2 * o).addmm_(j1.reshape(t1 * o, dim), j2.reshape(t2 * o, dim).T,
+                                         beta=beta)
 
 
-def _readout_block(h1: Tensor, h2: Tensor, mix: Tensor, mode: str, tile: Tensor) -> None:
+def _accumulate(tile: Tensor, value: Tensor, overwrite: bool) -> None:
+    """tile = value or tile += value."""
+    if overwrite:
+        tile.copy_(value)
+    else:
+        tile.add_(value)
+
+
+def _readout_block(h1: Tensor, h2: Tensor, mix: Tensor, mode: str, tile: Tensor,
+                   overwrite: bool) -> None:
     """Σ_c R_ac R_bc K_c with K_c = H1_c H2_cᵀ per channel."""
     c, t1, t2 = h1.shape[0], h1.shape[1], h2.shape[1]
     k = torch.bmm(h1, h2.transpose(1, 2)).view(c, t1 * t2)
     if mode == "per_output":
-        tile.view(-1, t1 * t2).addmm_(mix, k)
+        tile.view(-1, t1 * t2).addmm_(mix, k, beta=0 if overwrite else 1)
     else:
         o = tile.shape[1]
-        tile.add_((k.T @ mix).view(t1, t2, o, o).permute(0, 2, 1, 3))
+        _accumulate(tile, (k.T @ mix).view(t1, t2, o, o).permute(0, 2, 1, 3), overwrite)
 
 
 def _rank_one_block(d1: Tensor, d2: Tensor, x1: Tensor, x2: Tensor, mix: Tensor, mode: str,
-                    tile: Tensor, slab_elems: int) -> None:
+                    tile: Tensor, slab_elems: int, overwrite: bool) -> None:
     """⟨x̃1_i, x̃2_j⟩ Σ_c M_cq D1_ic D2_jc for every mix column q, placed at (a, b) and (b, a)
     (or at its output, or the trace); rows in slabs so that the scaled copy of D1 stays within
     the size of the products plus `slab_elems`."""
@@ -501,41 +522,55 @@ def _rank_one_block(d1: Tensor, d2: Tensor, x1: Tensor, x2: Tensor, mix: Tensor,
             k[:, rows] = (scaled @ d2.T).view(m, -1, t2)
     k.mul_(s)
     if mode == "trace":
-        tile.add_(k[0])
+        _accumulate(tile, k[0], overwrite)
     elif mode == "per_output":
-        tile.add_(k)
+        _accumulate(tile, k, overwrite)
     else:
         o = tile.shape[1]
         a, b = output_pairs(o, k.device)
         index = torch.empty(o, o, dtype=torch.long, device=k.device)
         index[a, b] = index[b, a] = torch.arange(m, device=k.device)
-        tile.add_(k[index.flatten()].view(o, o, t1, t2).permute(2, 0, 3, 1))
+        _accumulate(tile, k[index.flatten()].view(o, o, t1, t2).permute(2, 0, 3, 1), overwrite)
 
 
 def _patch_block(x1: Tensor, x2: Tensor, g1: Tensor, g2: Tensor, grp: int, mode: str,
-                 tile: Tensor) -> None:
+                 tile: Tensor, overwrite: bool) -> None:
     """Σ_{p,q} ⟨x̃1_p, x̃2_q⟩ ⟨G1_p, G2_q⟩ for one group of channels."""
     t1, p, _ = x1.shape
     t2 = x2.shape[0]
     s = (x1.reshape(t1 * p, -1) @ x2.reshape(t2 * p, -1).T).view(t1, p, t2, p)
     if mode == "trace":  # G (t, g, P, O', c_g)
         a1, a2 = g1[:, grp].reshape(t1 * p, -1), g2[:, grp].reshape(t2 * p, -1)
-        t = (a1 @ a2.T).view(t1, p, t2, p)
-        tile.add_(torch.einsum("ipjq,ipjq->ij", s, t)) if p > 1 else \
-            tile.addcmul_(t.view(t1, t2), s.view(t1, t2))
+        if p == 1:
+            _hadamard_gram(a1, a2, s.view(t1, t2), tile, overwrite)
+        else:
+            t = (a1 @ a2.T).view(t1, p, t2, p)
+            _accumulate(tile, torch.einsum("ipjq,ipjq->ij", s, t), overwrite)
         return
     o = g1.shape[1]
     if mode == "per_output":  # G (t, O', g, P, c_g)
         a1 = g1[:, :, grp].transpose(0, 1).reshape(o, t1 * p, -1)
         a2 = g2[:, :, grp].transpose(0, 1).reshape(o, t2 * p, -1)
-        t = torch.bmm(a1, a2.transpose(1, 2)).view(o, t1, p, t2, p)
-        tile.add_(torch.einsum("ipjq,aipjq->aij", s, t)) if p > 1 else \
-            tile.addcmul_(t.view(o, t1, t2), s.view(1, t1, t2))
+        if p == 1:
+            _hadamard_gram(a1, a2, s.view(1, t1, t2), tile, overwrite)
+        else:
+            t = torch.bmm(a1, a2.transpose(1, 2)).view(o, t1, p, t2, p)
+            _accumulate(tile, torch.einsum("ipjq,aipjq->aij", s, t), overwrite)
         return
     a1 = g1[:, :, grp].reshape(t1 * o * p, -1)
     a2 = g2[:, :, grp].reshape(t2 * o * p, -1)
-    t = (a1 @ a2.T).view(t1, o, p, t2, o, p)
-    if p > 1:
-        tile.add_(torch.einsum("ipjq,iapjbq->iajb", s, t))
+    if p == 1:
+        _hadamard_gram(a1, a2, s.view(t1, 1, t2, 1), tile, overwrite)
     else:
-        tile.addcmul_(t.view(t1, o, t2, o), s.view(t1, 1, t2, 1))
+        t = (a1 @ a2.T).view(t1, o, p, t2, o, p)
+        _accumulate(tile, torch.einsum("ipjq,iapjbq->iajb", s, t), overwrite)
+
+
+def _hadamard_gram(a1: Tensor, a2: Tensor, s: Tensor, tile: Tensor, overwrite: bool) -> None:
+    """tile (+)= (A1 A2ᵀ) ⊙ s for A (rows, d) or (batch, rows, d), the product read in the
+    tile's shape and s broadcast against it; when overwriting, the product lands in the tile."""
+    if overwrite:
+        torch.matmul(a1, a2.transpose(-1, -2), out=tile.view(*a1.shape[:-1], a2.shape[-2]))
+        tile.mul_(s)
+    else:
+        tile.addcmul_(torch.matmul(a1, a2.transpose(-1, -2)).view(tile.shape), s)
