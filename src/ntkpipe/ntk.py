@@ -34,8 +34,8 @@ from torch.func import functional_call, jacrev, vmap
 
 from ntkpipe.ntk_backward import Chain, backward, forward_tape, plan_chain
 from ntkpipe.ntk_layers import (SLAB_ELEMS, LayerSpec, add_block, build_elems, choose_form,
-                                feature_elems, layer_features, mix_columns, pair_elems,
-                                rank_one, readout_features)
+                                feature_elems, layer_features, mix_columns, output_features,
+                                pair_elems, rank_one, readout_features)
 
 MODES = ("full", "trace", "per_output", "sum_logits")
 IMPLEMENTATIONS = ("auto", "factorised", "jacobian", "structured", "reference")
@@ -351,6 +351,8 @@ def _chunk_features(plan: _Plan, x: Tensor, mode: str) -> dict[str, dict[str, Te
         with torch.no_grad():
             if cot[0] == "D":
                 out[spec.name] = readout_features(spec, inp, cot[1], cot[2], mode)
+            elif cot[0] == "C" and spec.form == "output":
+                out[spec.name] = output_features(spec, inp, cot[2])
             else:
                 out[spec.name] = layer_features(spec, inp, cot[1], mode)
         del inp, cot  # the next step's cotangent must not meet this one
@@ -434,7 +436,8 @@ def _chunk_pair(plan: _Plan, f1: dict, f2: dict, r1: range, r2: range, symmetric
             if not group:
                 tile.zero_()
             with torch.no_grad():
-                for k, spec in enumerate(group):
+                # a layer whose products can land in the tile first; output layers add least
+                for k, spec in enumerate(sorted(group, key=lambda s: "Y" in f1[s.name])):
                     add_block(spec, f1[spec.name], f2[spec.name], s1, s2, mode, tile,
                               overwrite=k == 0)
             _write(result[layer], tile, i, j, mode, symmetric)

@@ -85,6 +85,8 @@ def plan_chain(net: nn.Module, x: Tensor, parametrised: list[tuple[str, nn.Modul
     chain = Chain(steps, specs, first, act_elems=act,
                   channels_last=x.dim() == 4 and any(
                       sp.kind == "conv" for st in steps for sp in st.specs))
+    if steps and steps[-1].role == "layer":
+        steps[-1].specs[0].last = True
     chain.segment = _readout_segment(steps)
     if chain.segment is not None:
         for k in range(chain.segment[0], chain.segment[1]):
@@ -289,8 +291,9 @@ def initial_cotangent(n: int, cot: Tensor) -> Tensor:
 def backward(chain: Chain, tape: list[_Entry | None], n: int, cot: Tensor
              ) -> Iterator[tuple[LayerSpec, Tensor, tuple]]:
     """Yield (spec, layer input, cotangent) for every parametrised layer reached, from the
-    output down; the cotangent is ("G", (n, O', *out)) or ("D", (n, *out), R) for layers in
-    the readout form. Each step's tape entry is freed once it has been crossed."""
+    output down; the cotangent is ("G", (n, O', *out)), ("D", (n, *out), R) for layers in
+    the readout form, or ("C", (n, O', O), directions (O', O)) for a last layer, whose output
+    cotangent is the same for every sample. Each step's tape entry is freed once crossed."""
     state = {"g": initial_cotangent(n, cot), "d": None, "r": None}
     for k in range(len(chain.steps) - 1, chain.first_param - 1, -1):
         yield from _backward_step(chain, k, tape[k], n, cot, state)
@@ -303,8 +306,9 @@ def _backward_step(chain: Chain, k: int, entry: _Entry, n: int, cot: Tensor, sta
     state["g"] (all directions) or state["d"] (the single readout direction)."""
     step, seg = chain.steps[k], chain.segment
     need_input = k > chain.first_param
+    last = k == len(chain.steps) - 1  # the output cotangents: the directions themselves
     if seg is not None and k == seg[1]:  # the readout: continue with the single direction D
-        yield step.specs[0], entry.x, ("G", state["g"])
+        yield step.specs[0], entry.x, ("C", state["g"], cot) if last else ("G", state["g"])
         g = state["g"]
         state.update(g=None, r=chain.readout_matrix(cot),
                      d=torch.ones(n, 1, step.in_shape[0], dtype=g.dtype, device=g.device))
@@ -323,7 +327,7 @@ def _backward_step(chain: Chain, k: int, entry: _Entry, n: int, cot: Tensor, sta
         state["g"] = grads.get("")
     else:
         if step.role == "layer":
-            yield step.specs[0], entry.x, ("G", state["g"])
+            yield step.specs[0], entry.x, ("C", state["g"], cot) if last else ("G", state["g"])
         state["g"] = _step_backward(step, entry, state["g"]) if need_input else None
 
 

@@ -36,7 +36,7 @@ from torch.nn import functional as F
 
 from ntkpipe.models import Conv2d as GainedConv2d, Dense, PositionEmbedding
 
-FORMS = ("patch", "jacobian", "readout")
+FORMS = ("patch", "jacobian", "readout", "output")
 # Elements a rank-one readout block may scale beyond its products (a row slab of D).
 SLAB_ELEMS = 2 ** 22
 BATCHNORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
@@ -62,6 +62,7 @@ class LayerSpec:
     out_numel: int = 0      # per-sample output size
     in_numel: int = 0       # per-sample input size
     readout: bool = False   # its output cotangent factorises as R ⊗ D (readout form allowed)
+    last: bool = False      # the model's last step: its output cotangents are the directions
     slab_elems: int = SLAB_ELEMS  # rank-one readout: room for a scaled slab of D (the planner's)
 
     @property
@@ -143,6 +144,8 @@ def applicable_forms(spec: LayerSpec) -> tuple[str, ...]:
     """Forms that are exact for this layer."""
     forms = {"linear": ("patch", "jacobian"), "conv": ("patch", "jacobian"),
              "affine": ("jacobian",)}.get(spec.kind, ("jacobian",))
+    if spec.last and spec.kind == "linear" and spec.positions == 1:
+        forms += ("output",)
     return forms + ("readout",) if spec.readout and spec.kind != "other" else forms
 
 
@@ -162,6 +165,8 @@ def form_flops(spec: LayerSpec, form: str, n_out: int, mode: str, rows: int,
         return rows * build + 2 * pairs * dirs * spec.n_params
     if form == "patch":
         return pairs * p * p * (2 * g * d + 2 * dirs * c + 2 * dirs * g)
+    if form == "output":
+        return pairs * (2 * d + o)
     if rank_one(spec):
         return pairs * (2 * d + 2 * c * mix_columns(n_out, mode) + 2 * dirs)
     mix = {"full": o * o, "sum_logits": 1, "per_output": o}.get(mode, 0)
@@ -185,6 +190,8 @@ def feature_elems(spec: LayerSpec, form: str, n_out: int) -> int:
         return n_out * spec.n_params
     if form == "patch":
         return spec.positions * (spec.groups * spec.width + n_out * spec.fan_out)
+    if form == "output":
+        return spec.width
     if rank_one(spec):
         return spec.fan_out + spec.width
     return spec.fan_out * spec.width
@@ -195,6 +202,8 @@ def build_elems(spec: LayerSpec, form: str, n_out: int) -> int:
     p, o = spec.positions, n_out
     if form == "readout" and rank_one(spec):
         return 2 * (spec.fan_out + spec.width)
+    if form == "output":
+        return 2 * spec.width
     if spec.kind in ("linear", "conv"):
         patches = 3 * spec.groups * spec.width * p  # unfold, augmented copy, a transpose
         return patches + {"jacobian": 2 * o * spec.n_params, "patch": 2 * o * p * spec.fan_out,
@@ -211,6 +220,8 @@ def pair_elems(spec: LayerSpec, form: str, n_out: int, mode: str) -> int:
         # the input Gram, one product per mix column, their (a, b) arrangement (the scaled
         # slab of D is the planner's fixed `slab_elems`)
         return 1 + mix_columns(n_out, mode) + dirs
+    if form == "output":  # the input Gram, a broadcast product
+        return 1 + dirs
     if form == "jacobian" or (form == "readout" and mode == "trace"):
         return dirs if mode == "per_output" else 0
     if form == "readout":
@@ -370,6 +381,12 @@ def readout_features(spec: LayerSpec, x: Tensor, d: Tensor, r: Tensor,
     return feats
 
 
+def output_features(spec: LayerSpec, x: Tensor, cot: Tensor) -> dict[str, Tensor]:
+    """Features of a last Linear layer, whose output cotangent is the directions C (O', O) for
+    every sample: Θ_iajb = (C Cᵀ)_ab ⟨x̃_i, x̃_j⟩, so x̃ (n, d') and C Cᵀ."""
+    return {"Y": augmented_input(spec, x)[:, 0, 0], "M": cot @ cot.T}
+
+
 def rank_one_mix(r: Tensor, mode: str) -> Tensor:
     """Weights (c, m) of the rank-one readout block: R_ac R_bc for a ≤ b ("full",
     "sum_logits"), R_ac² ("per_output"), Σ_a R_ac² ("trace")."""
@@ -465,6 +482,8 @@ def add_block(spec: LayerSpec, f1: dict[str, Tensor], f2: dict[str, Tensor], s1:
                         spec.slab_elems, overwrite)
     elif "H" in f1:
         _readout_block(f1["H"][:, s1], f2["H"][:, s2], f1["M"], mode, tile, overwrite)
+    elif "Y" in f1:
+        _output_block(f1["Y"][s1], f2["Y"][s2], f1["M"], mode, tile, overwrite)
     else:
         for grp in range(f1["X"].shape[1]):
             _patch_block(f1["X"][s1, grp], f2["X"][s2, grp], f1["G"][s1], f2["G"][s2], grp,
@@ -490,6 +509,22 @@ def _accumulate(tile: Tensor, value: Tensor, overwrite: bool) -> None:
         tile.copy_(value)
     else:
         tile.add_(value)
+
+
+def _output_block(x1: Tensor, x2: Tensor, cc: Tensor, mode: str, tile: Tensor,
+                  overwrite: bool) -> None:
+    """(C Cᵀ)_ab ⟨x̃1_i, x̃2_j⟩: on the output diagonal alone when C Cᵀ is the identity."""
+    s = x1 @ x2.T                                                     # (t1, t2)
+    if mode == "trace":
+        _accumulate(tile, s.mul_(cc.trace()), overwrite)
+    elif mode == "per_output":
+        _accumulate(tile, s[None] * cc.diagonal()[:, None, None], overwrite)
+    elif torch.equal(cc, torch.eye(cc.shape[0], dtype=cc.dtype, device=cc.device)):
+        if overwrite:
+            tile.zero_()
+        tile.diagonal(dim1=1, dim2=3).add_(s.unsqueeze(-1))
+    else:
+        _accumulate(tile, s[:, None, :, None] * cc[None, :, None, :], overwrite)
 
 
 def _readout_block(h1: Tensor, h2: Tensor, mix: Tensor, mode: str, tile: Tensor,
