@@ -435,6 +435,11 @@ def _jacobian(spec: LayerSpec, x: Tensor, g: Tensor) -> Tensor:
         out.copy_(t.view(n, spec.width, o, spec.fan_out).transpose(1, 2))
     elif merged is not None:  # one batched matmul straight into the buffer
         torch.bmm(merged, patches, out=out.view(n, o * spec.fan_out, spec.width))
+    elif (rows := _try_view(gc.transpose(2, 3), (n * o, spec.positions, spec.fan_out))
+          ) is not None:  # token-major cotangents: one matmul per (sample, output)
+        xe = patches.unsqueeze(1).expand(n, o, *patches.shape[1:]).reshape(n * o,
+                                                                            *patches.shape[1:])
+        torch.bmm(rows.transpose(1, 2), xe, out=out.view(n * o, spec.fan_out, spec.width))
     else:
         for a in range(o):
             out[:, a] = torch.bmm(gc[:, a], patches)
