@@ -610,7 +610,7 @@ def test_verify_repair_rebuilds_exactly_a_corrupted_kernel_and_what_follows(tmp_
 
     found = verify()
     assert found.returncode == 1
-    assert found.stdout.splitlines()[0].startswith(f"out/runs/") and "ntk.nc: " in found.stdout
+    assert found.stdout.splitlines()[0].startswith("out/runs/") and "ntk.nc: " in found.stdout
     assert "1 bad" in found.stdout.splitlines()[-1]
     assert verify("--repair").returncode == 0 and not ntk.exists()
     dry = snakemake(tmp_path, one, "-n")

@@ -7,17 +7,20 @@ backward pass carrying every output direction at once (`ntk_backward`) give each
 and output cotangents; `ntk_layers` turns them into features and contracts them in the form
 its FLOP model finds cheapest: over position pairs (the unfolded-patch form), through the
 layer's own Jacobian, or — when the layer reaches a linear readout through per-channel maps
-only — through the readout (Novak et al. 2022, arXiv:2206.08720, structured derivatives).
+only — through the readout (Novak et al. 2022, arXiv:2206.08720, structured derivatives); a
+last Linear layer, whose output cotangents are the directions themselves, contributes their
+Gram times its inputs' (the output form).
 
 Implementations (`implementation=`): "auto" (per-layer choice by FLOP count), "factorised"
 (the position-pair form for every Linear/Conv2d), "jacobian" (explicit per-layer Jacobians),
 "structured" (the readout form wherever it applies, else as "auto"), "reference"
 (`torch.func` vmap+jacrev over all parameters, then contraction, chunked over samples).
 
-When x2 is x1 only the upper block triangle of the kernel is computed (diagonal tiles split
-down to small ones) and mirrored; all layers accumulate in place into one tile, which is
-written once into the result. `max_memory` bounds the peak extra memory (the result excluded):
-samples are chunked to fit, or the call is refused with the size one block needs.
+When x2 is x1 only the upper block triangle of the kernel is computed (diagonal blocks as row
+panels from the diagonal on) and mirrored; the layers accumulate in place into one tile (the
+first writes its product there), which is written once into the result. `max_memory` bounds
+the peak extra memory (the result excluded): samples are chunked to fit, or the call is
+refused with the size one block needs.
 """
 
 from __future__ import annotations
@@ -45,12 +48,16 @@ DEFAULT_MEMORY_FRACTION = 0.5
 # in the others (measured on the MLP and CNN (a) of benchmarks/ntk_bench.py).
 PANEL_ROWS = 320
 PANEL_SAMPLES = 96
+# A diagonal block in k panels computes (k+1)/k of its triangle: small blocks (the ViT's 640
+# rows) get at least this many panels while a panel keeps half of PANEL_ROWS.
+MIN_PANELS = 4
 # Safety factor on the modelled transients (the allocator rounds, kernels keep workspaces).
 TRANSIENT_MARGIN = 1.25
 # On the CPU a chunk's transients are kept near this size: the cotangents of a chunk then stay
-# in cache between the backward steps and the feature products (measured: CNN (a) 0.47 s at 16
-# samples per chunk against 0.65 s at 256; benchmarks/README.md).
-CACHE_BYTES = 48 * 2 ** 20
+# in cache between the backward steps and the feature products (measured on CNN (a) of
+# benchmarks/ntk_bench.py: 0.47 s at 16 samples per chunk against 0.65 s at 256 on a 2-core
+# EPYC; 0.23 s at 10 against 0.25 s at 15 on a 2-core Xeon).
+CACHE_BYTES = 32 * 2 ** 20
 MIN_CHUNK = 8
 # Per-chunk overhead of a feature build, in sample-equivalents (Python dispatch, small kernels).
 CHUNK_OVERHEAD = 4
@@ -427,6 +434,8 @@ def _chunk_pair(plan: _Plan, f1: dict, f2: dict, r1: range, r2: range, symmetric
     o = plan.cot.shape[0]
     specs = [s for s in plan.chain.specs if s.name in f1 and s.name in f2]
     panel = math.ceil(PANEL_ROWS / o) if mode in ("full", "sum_logits") else PANEL_SAMPLES
+    block = min(len(r1), sizes.tile)
+    panel = min(panel, max(math.ceil(panel / 2), math.ceil(block / MIN_PANELS)))
     for s1, s2 in _tile_pairs(len(r1), len(r2), symmetric and r1 == r2, panel, sizes.tile):
         i = range(r1.start + s1.start, r1.start + s1.stop)
         j = range(r2.start + s2.start, r2.start + s2.stop)

@@ -553,9 +553,13 @@ def _rank_one_block(d1: Tensor, d2: Tensor, x1: Tensor, x2: Tensor, mix: Tensor,
     s = x1 @ x2.T                                                     # (t1, t2)
     k = torch.empty(m, t1, t2, dtype=d1.dtype, device=d1.device)
     slab = max(1, min(t1, (m * t1 * t2 + slab_elems) // (m * c)))
+    weights = mix.T.contiguous()[:, None, :]  # read along c (mix is (c, m))
+    buffer = torch.empty(m * slab * c, dtype=d1.dtype, device=d1.device)
     for r in range(0, t1, slab):
         rows = slice(r, min(r + slab, t1))
-        scaled = (d1[None, rows] * mix.T[:, None, :]).view(-1, c)     # (m·slab, c)
+        scaled = buffer[:m * (rows.stop - r) * c].view(m, -1, c)
+        torch.mul(d1[None, rows], weights, out=scaled)
+        scaled = scaled.view(-1, c)                                    # (m·slab, c)
         if slab == t1:
             torch.mm(scaled, d2.T, out=k.view(m * t1, t2))
         else:
