@@ -56,7 +56,7 @@ def test_dense_ntk_init_is_standard_normal():
 def test_dense_standard_equals_torch_linear():
     torch.manual_seed(3)
     layer = Dense(7, 3)
-    assert layer.weight_gain == 1.0 and layer.bias_gain == 1.0
+    assert layer.weight_gain == pytest.approx(1.0) and layer.bias_gain == pytest.approx(1.0)
     ref = nn.Linear(7, 3)
     ref.load_state_dict(layer.state_dict())
     x = torch.randn(4, 7)
@@ -101,7 +101,7 @@ def test_conv_ntk_forward_hand_case():
     expected = np.array([[np.sum(padded[2 * i:2 * i + 2, 2 * j:2 * j + 2] * w) + 0.5 * 10.0
                           for j in range(2)] for i in range(2)])
     # e.g. top-left: only x[0, 0] = 1 meets w[1, 1] = 4 → 4 + 5
-    assert expected[0, 0] == 9.0
+    assert expected[0, 0] == pytest.approx(9.0)
     np.testing.assert_allclose(layer(x)[0, 0].detach().numpy(), expected)
 
 
@@ -291,7 +291,7 @@ def test_vit_structure_tokens_and_gains():
     assert model.block0.attention.qkv.weight_gain == pytest.approx(1 / math.sqrt(8))
     assert model.position.weight_gain == pytest.approx(0.1)  # NTK: N(0, 1) times σ_b
     standard = _vit(regime="feature")
-    assert standard.position.weight_gain == 1.0
+    assert standard.position.weight_gain == pytest.approx(1.0)
     assert standard.position.weight.std().item() < 0.05  # N(0, 0.02²)
 
 

@@ -49,7 +49,7 @@ DEFAULT_MEMORY_FRACTION = 0.5
 PANEL_ROWS = 320
 PANEL_SAMPLES = 96
 # A diagonal block in k panels computes (k+1)/k of its triangle: small blocks (the ViT's 640
-# rows) get at least this many panels while a panel keeps half of PANEL_ROWS.
+# rows) get at least this many panels, as long as a panel keeps half its default rows.
 MIN_PANELS = 4
 # Safety factor on the modelled transients (the allocator rounds, kernels keep workspaces).
 TRANSIENT_MARGIN = 1.25

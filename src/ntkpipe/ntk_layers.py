@@ -388,18 +388,18 @@ def output_features(spec: LayerSpec, x: Tensor, cot: Tensor) -> dict[str, Tensor
 
 
 def rank_one_mix(r: Tensor, mode: str) -> Tensor:
-    """Weights (c, m) of the rank-one readout block: R_ac R_bc for a ≤ b ("full",
-    "sum_logits"), R_ac² ("per_output"), Σ_a R_ac² ("trace")."""
+    """Weights (m, c) of the rank-one readout block, one row per mix column: R_ac R_bc for
+    a ≤ b ("full", "sum_logits"), R_ac² ("per_output"), Σ_a R_ac² ("trace")."""
     if mode == "trace":
-        return r.square().sum(0, keepdim=True).T
+        return r.square().sum(0, keepdim=True)
     if mode == "per_output":
-        return r.square().T
+        return r.square()
     a, b = output_pairs(r.shape[0], r.device)
-    return (r[a] * r[b]).T
+    return r[a] * r[b]
 
 
 def output_pairs(o: int, device: torch.device) -> tuple[Tensor, Tensor]:
-    """(a, b) of the output pairs a ≤ b, in the order of the rank-one mix columns."""
+    """(a, b) of the output pairs a ≤ b, in the order of the rank-one mix rows."""
     return torch.triu_indices(o, o, device=device)
 
 
@@ -546,19 +546,18 @@ def _readout_block(h1: Tensor, h2: Tensor, mix: Tensor, mode: str, tile: Tensor,
 
 def _rank_one_block(d1: Tensor, d2: Tensor, x1: Tensor, x2: Tensor, mix: Tensor, mode: str,
                     tile: Tensor, slab_elems: int, overwrite: bool) -> None:
-    """⟨x̃1_i, x̃2_j⟩ Σ_c M_cq D1_ic D2_jc for every mix column q, placed at (a, b) and (b, a)
+    """⟨x̃1_i, x̃2_j⟩ Σ_c M_qc D1_ic D2_jc for every mix row q, placed at (a, b) and (b, a)
     (or at its output, or the trace); rows in slabs so that the scaled copy of D1 stays within
     the size of the products plus `slab_elems`."""
-    (t1, c), t2, m = d1.shape, d2.shape[0], mix.shape[1]
+    (t1, c), t2, m = d1.shape, d2.shape[0], mix.shape[0]
     s = x1 @ x2.T                                                     # (t1, t2)
     k = torch.empty(m, t1, t2, dtype=d1.dtype, device=d1.device)
     slab = max(1, min(t1, (m * t1 * t2 + slab_elems) // (m * c)))
-    weights = mix.T.contiguous()[:, None, :]  # read along c (mix is (c, m))
     buffer = torch.empty(m * slab * c, dtype=d1.dtype, device=d1.device)
     for r in range(0, t1, slab):
         rows = slice(r, min(r + slab, t1))
         scaled = buffer[:m * (rows.stop - r) * c].view(m, -1, c)
-        torch.mul(d1[None, rows], weights, out=scaled)
+        torch.mul(d1[None, rows], mix[:, None, :], out=scaled)
         scaled = scaled.view(-1, c)                                    # (m·slab, c)
         if slab == t1:
             torch.mm(scaled, d2.T, out=k.view(m * t1, t2))
