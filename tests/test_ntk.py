@@ -251,7 +251,9 @@ def test_chunked_and_tiled_runs_match(cnn, mlp, vit, implementation, chunk, tile
         for x_2 in (None, x2):
             assert_matches_reference(mlp, x1, x_2, mode=mode, per_layer=True,
                                      implementation=implementation)
-    assert_matches_reference(cnn, torch.randn(5, 3, 6, 6), implementation=implementation)
+    for mode in MODES:  # tiles narrower than the result are strided views of it
+        assert_matches_reference(cnn, torch.randn(5, 3, 6, 6), mode=mode,
+                                 implementation=implementation)
     assert_matches_reference(vit, torch.randn(5, 2, 4, 4), mode="per_output",
                              implementation=implementation)
 
@@ -339,6 +341,19 @@ def test_kernel_of_x_with_itself_is_symmetric(mlp):
                                rtol=1e-12, atol=1e-14)
     flat = full.permute(0, 2, 1, 3).reshape(27, 27)
     assert torch.linalg.eigvalsh(flat).min() > -1e-10 * flat.norm()
+
+
+@pytest.mark.parametrize("per_layer", [False, True])
+def test_full_kernel_is_a_view_of_its_block_matrix(mlp, per_layer):
+    x1, x2 = torch.randn(5, 2, 3), torch.randn(4, 2, 3)
+    full = empirical_ntk(mlp, x1, x2, dtype=F64, per_layer=per_layer)
+    blocks = full.transpose(-3, -2)  # (..., N1, O, N2, O)
+    assert blocks.is_contiguous()
+    flat = blocks.reshape(*full.shape[:-4], 5 * 3, 4 * 3)
+    assert flat.data_ptr() == full.data_ptr()  # the (N1·O, N2·O) matrix costs no copy
+    torch.testing.assert_close(full.contiguous(), reference_ntk(mlp, x1, x2, dtype=F64,
+                                                                per_layer=per_layer),
+                               rtol=1e-10, atol=1e-12)
 
 
 def test_default_dtype_is_the_models(mlp):

@@ -538,7 +538,11 @@ def _readout_block(h1: Tensor, h2: Tensor, mix: Tensor, mode: str, tile: Tensor,
     c, t1, t2 = h1.shape[0], h1.shape[1], h2.shape[1]
     k = torch.bmm(h1, h2.transpose(1, 2)).view(c, t1 * t2)
     if mode == "per_output":
-        tile.view(-1, t1 * t2).addmm_(mix, k, beta=0 if overwrite else 1)
+        rows = _try_view(tile, (tile.shape[0], t1 * t2))  # not when the tile is a strided view
+        if rows is None:
+            _accumulate(tile, (mix @ k).view(tile.shape), overwrite)
+        else:
+            rows.addmm_(mix, k, beta=0 if overwrite else 1)
     else:
         o = tile.shape[1]
         _accumulate(tile, (k.T @ mix).view(t1, t2, o, o).permute(0, 2, 1, 3), overwrite)
