@@ -19,9 +19,9 @@ Implementations (`implementation=`): "auto" (per-layer choice by FLOP count), "f
 When x2 is x1 only the upper block triangle of the kernel is computed (diagonal blocks as row
 panels from the diagonal on) and mirrored; the layers accumulate in place into each tile (the
 first writes its product there), a view of the result: the "full" kernel is computed as the
-(N1·O, N2·O) block matrix of the Gram products and returned as its (N1, N2, O, O) view. `max_memory` bounds
-the peak extra memory (the result excluded): samples are chunked to fit, or the call is
-refused with the size one block needs.
+(N1·O, N2·O) block matrix of the Gram products and returned as its (N1, N2, O, O) view.
+`max_memory` bounds the peak extra memory (the result excluded): samples are chunked to fit,
+or the call is refused with the size one block needs.
 """
 
 from __future__ import annotations
