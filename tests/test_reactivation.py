@@ -37,8 +37,8 @@ def test_hand_computed_case():
     assert out["velocity_peak"] == pytest.approx(10.0)      # max(10, 4, 1)
     assert out["velocity_spike"] == pytest.approx(5.0)
     assert out["norm_dip"] == pytest.approx(0.4)            # 6 / 10 at step 51
-    assert out["norm_recovered"] == 1.0
-    assert out["recovery_steps"] == 5.0                     # 9.8 ≥ 0.95 · 10 at step 55
+    assert out["norm_recovered"] == pytest.approx(1.0)
+    assert out["recovery_steps"] == pytest.approx(5.0)      # 9.8 ≥ 0.95 · 10 at step 55
     assert out["alignment_deflection"] == pytest.approx(0.2)
     assert out["distance_jump"] == pytest.approx(0.15)      # 0.35 at step 60 − 0.2 at 50
     assert out["boundary_kernel_distance"] == pytest.approx(0.2)
@@ -72,7 +72,7 @@ def test_snapshots_outside_the_windows_change_no_measure(extra, drop):
 def test_no_dip_is_not_recovered():
     flat = {**SERIES, "norm": np.full(len(STEPS), 3.0)}
     out = measure(series=flat)
-    assert out["norm_dip"] == 0.0
+    assert out["norm_dip"] == pytest.approx(0.0)
     assert math.isnan(out["norm_recovered"]) and math.isnan(out["recovery_steps"])
 
 
@@ -81,11 +81,11 @@ def test_a_dip_that_never_recovers():
     norm[8:] = 6.0
     out = measure(series={**SERIES, "norm": norm})
     assert out["norm_dip"] == pytest.approx(0.4)
-    assert out["norm_recovered"] == 0.0 and math.isnan(out["recovery_steps"])
+    assert out["norm_recovered"] == pytest.approx(0.0) and math.isnan(out["recovery_steps"])
 
 
 def test_tighter_tolerance_recovers_later():
-    assert measure(tolerance=0.01)["recovery_steps"] == 10.0  # only 10.0 at step 60
+    assert measure(tolerance=0.01)["recovery_steps"] == pytest.approx(10.0)  # only 10.0 at step 60
 
 
 def test_a_missing_dense_step_leaves_the_velocity_measures_undefined():
@@ -116,7 +116,7 @@ def test_boundary_not_a_snapshot_gives_nan():
 
 def test_the_post_boundary_window_stops_at_the_tasks_end():
     out = measure(end=55)  # grid 50, 51, 52, 53, 55
-    assert out["norm_dip"] == pytest.approx(0.4) and out["recovery_steps"] == 5.0
+    assert out["norm_dip"] == pytest.approx(0.4) and out["recovery_steps"] == pytest.approx(5.0)
     assert out["distance_jump"] == pytest.approx(0.14)
     assert out["early_share"] == pytest.approx(0.2 / 0.3)
     assert out["velocity_spike"] == pytest.approx(5.0)  # the dense windows are whole
