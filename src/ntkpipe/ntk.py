@@ -468,9 +468,7 @@ def _layer_groups(plan: _Plan, specs: list[LayerSpec], per_layer: bool
 def _block_shape(mode: str, n1: int, n2: int, o: int) -> tuple[int, ...]:
     """Layout the tiles are written in: (N1, O', N2, O') — the (N1·O', N2·O') block matrix of
     the Gram products —, (O', N1, N2) or (N1, N2)."""
-    if mode in ("full", "sum_logits"):
-        return (n1, o, n2, o)
-    return (o, n1, n2) if mode == "per_output" else (n1, n2)
+    return (n1, o, n2, o) if mode in ("full", "sum_logits") else _result_shape(mode, n1, n2, o)
 
 
 def _public(blocks: Tensor, mode: str) -> Tensor:
@@ -482,10 +480,9 @@ def _public(blocks: Tensor, mode: str) -> Tensor:
 
 def _tile(blocks: Tensor, mode: str, i: range, j: range) -> Tensor:
     """The view of the block layout holding samples i against samples j."""
-    a, b = slice(i.start, i.stop), slice(j.start, j.stop)
     if mode in ("full", "sum_logits"):
-        return blocks[a, :, b]
-    return blocks[:, a, b] if mode == "per_output" else blocks[a, b]
+        return blocks[i.start:i.stop, :, j.start:j.stop]
+    return _index(blocks, mode, i, j)
 
 
 def _mirror(blocks: Tensor, mode: str, i: range, j: range) -> None:
